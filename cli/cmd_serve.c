@@ -1,0 +1,258 @@
+/*
+ * voltrack serve: export a volume over NBD until SIGINT or SIGTERM.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "listen.h"
+#include "log.h"
+#include "metadir.h"
+#include "server.h"
+#include "size.h"
+#include "volume.h"
+
+#define MAX_LISTENERS 16
+
+struct serve_opts {
+	const char *volume;
+	const char *meta;
+	const char *socket;
+	const char *listen;
+	struct nbd_server_config cfg;
+};
+
+static int parse(int argc, char **argv, struct serve_opts *o)
+{
+	static const struct option opts[] = {
+		{ "meta", required_argument, NULL, 'm' },
+		{ "socket", required_argument, NULL, 's' },
+		{ "listen", required_argument, NULL, 'l' },
+		{ "io-engine", required_argument, NULL, 'e' },
+		{ "workers", required_argument, NULL, 'w' },
+		{ "max-connections", required_argument, NULL, 'c' },
+		{ "handshake-timeout", required_argument, NULL, 't' },
+		{ NULL, 0, NULL, 0 },
+	};
+	unsigned v;
+	int c;
+
+	nbd_server_config_defaults(&o->cfg);
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'm': o->meta = optarg; break;
+		case 's': o->socket = optarg; break;
+		case 'l': o->listen = optarg; break;
+		case 'e':
+			if (!strcmp(optarg, "auto"))
+				o->cfg.backend = VIO_BACKEND_AUTO;
+			else if (!strcmp(optarg, "io_uring"))
+				o->cfg.backend = VIO_BACKEND_URING;
+			else if (!strcmp(optarg, "threads"))
+				o->cfg.backend = VIO_BACKEND_THREADS;
+			else
+				return cli_usage("serve", "--io-engine takes auto, io_uring or threads");
+			break;
+		case 'w':
+			if (cli_parse_uint("--workers", optarg, 64, &v))
+				return EXIT_USAGE;
+			o->cfg.workers = v;
+			break;
+		case 'c':
+			if (cli_parse_uint("--max-connections", optarg, 65536, &v) || v == 0)
+				return v == 0 ? cli_usage("serve", "--max-connections must be at least 1")
+					      : EXIT_USAGE;
+			o->cfg.max_connections = v;
+			break;
+		case 't':
+			if (cli_parse_uint("--handshake-timeout", optarg, 3600, &v) || v == 0)
+				return v == 0 ? cli_usage("serve", "--handshake-timeout must be at least 1")
+					      : EXIT_USAGE;
+			o->cfg.handshake_timeout_ms = v * 1000;
+			break;
+		default:
+			return cli_usage("serve", "bad option");
+		}
+	}
+	if (optind != argc - 1)
+		return cli_usage("serve", "serve takes exactly one VOLUME");
+	o->volume = argv[optind];
+	return 0;
+}
+
+/* Open everything the server needs; prints its own errors. */
+static int open_volume(const struct serve_opts *o, struct metadir **md,
+		       struct volume **vol, char **meta_path)
+{
+	enum sb_volume_kind kind;
+	uint64_t size;
+	struct superblock sb;
+	int err = volume_probe(o->volume, &kind, &size);
+
+	if (err == -EINVAL)
+		return cli_fail("%s is neither a regular file nor a block device", o->volume);
+	if (err)
+		return cli_fail("cannot open %s: %s", o->volume, strerror(-err));
+	if (cli_meta_path(o->volume, o->meta, kind, meta_path))
+		return 1;
+	err = metadir_open(*meta_path, false, md);
+	if (err == -ENOENT)
+		return cli_fail("%s has no metadata at %s; run 'voltrack init %s' first",
+				o->volume, *meta_path, o->volume);
+	if (err)
+		return cli_fail("cannot open %s: %s", *meta_path, strerror(-err));
+	err = metadir_lock(*md);
+	if (err == -EBUSY)
+		return cli_fail("%s is already being served (%s is locked)", o->volume, *meta_path);
+	if (err)
+		return cli_fail("cannot lock %s: %s", *meta_path, strerror(-err));
+	err = metadir_read_superblock(*md, &sb);
+	if (err == -ENOENT)
+		return cli_fail("%s has no superblock; run 'voltrack init %s' first",
+				*meta_path, o->volume);
+	if (err == -EPROTONOSUPPORT)
+		return cli_fail("%s/superblock was written by a newer voltrack", *meta_path);
+	if (err)
+		return cli_fail("%s/superblock is corrupt (%s); 'voltrack init --force' starts over",
+				*meta_path, strerror(-err));
+	err = volume_open(o->volume, VOLUME_EXCLUSIVE, vol);
+	if (err == -EBUSY)
+		return cli_fail("%s is locked by another process", o->volume);
+	if (err)
+		return cli_fail("cannot open %s: %s", o->volume, strerror(-err));
+	if ((*vol)->size != sb.volume_size) {
+		char was[32], now[32];
+		size_format(sb.volume_size, was, sizeof(was));
+		size_format((*vol)->size, now, sizeof(now));
+		return cli_fail("%s changed size from %s to %s since 'voltrack init'; "
+				"re-run init --force to adopt it", o->volume, was, now);
+	}
+	return 0;
+}
+
+static int add_listeners(const struct serve_opts *o, struct nbd_server *srv,
+			 const char *meta_path, char **unix_path)
+{
+	int fds[MAX_LISTENERS];
+	size_t n = 0;
+	int err = listen_systemd(fds, MAX_LISTENERS, &n);
+
+	if (err)
+		return cli_fail("bad socket activation (LISTEN_FDS): %s", strerror(-err));
+	if (n) {
+		vt_info("using %zu socket(s) from socket activation", n);
+	} else {
+		if (o->socket)
+			*unix_path = strdup(o->socket);
+		else if (asprintf(unix_path, "%s/nbd.sock", meta_path) < 0)
+			*unix_path = NULL;
+		if (!*unix_path)
+			return cli_fail("out of memory");
+		err = listen_unix(*unix_path, &fds[n]);
+		if (err)
+			return cli_fail("cannot listen on %s: %s", *unix_path, strerror(-err));
+		n++;
+		if (o->listen) {
+			size_t k;
+			err = listen_tcp(o->listen, fds + n, MAX_LISTENERS - n, &k);
+			if (err) {
+				close(fds[0]);
+				return cli_fail("cannot listen on %s: %s", o->listen,
+						err == -EINVAL ? "expected HOST:PORT" : strerror(-err));
+			}
+			n += k;
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		if (nbd_server_add_listener(srv, fds[i]))
+			return cli_fail("out of memory");
+	return 0;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+	struct serve_opts o = { 0 };
+	struct metadir *md = NULL;
+	struct volume *vol = NULL;
+	struct nbd_server *srv = NULL;
+	char *meta_path = NULL, *unix_path = NULL;
+	sigset_t stop_signals;
+	int status = 1, err, sig;
+
+	status = parse(argc, argv, &o);
+	if (status)
+		return status;
+	status = 1;
+
+	/* Block the stop signals before any thread exists, so every thread
+	 * inherits the mask and only sigwait() below sees them. */
+	sigemptyset(&stop_signals);
+	sigaddset(&stop_signals, SIGINT);
+	sigaddset(&stop_signals, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if (open_volume(&o, &md, &vol, &meta_path))
+		goto out;
+	err = nbd_server_create(&o.cfg, &srv);
+	if (err) {
+		cli_fail("cannot create server: %s", strerror(-err));
+		goto out;
+	}
+	if (export_table_add(nbd_server_exports(srv), "", "live volume", vol, false) ||
+	    metactx_register(nbd_server_contexts(srv), &metactx_base_allocation)) {
+		cli_fail("out of memory");
+		goto out;
+	}
+	if (add_listeners(&o, srv, meta_path, &unix_path))
+		goto out;
+
+	if (o.cfg.backend == VIO_BACKEND_AUTO) {
+		err = vio_uring_probe();
+		if (err) {
+			vt_warn("io_uring is unavailable (%s); using the thread-pool engine",
+				strerror(-err));
+			o.cfg.backend = VIO_BACKEND_THREADS;
+		}
+	}
+	err = nbd_server_start(srv);
+	if (err) {
+		cli_fail("cannot start server: %s", strerror(-err));
+		goto out;
+	}
+	char sz[32];
+	size_format(vol->size, sz, sizeof(sz));
+	if (unix_path)
+		vt_info("serving %s (%s) at nbd+unix:///?socket=%s with %s", o.volume, sz,
+			unix_path, nbd_server_engine(srv));
+	else
+		vt_info("serving %s (%s) with %s", o.volume, sz, nbd_server_engine(srv));
+	if (o.listen)
+		vt_info("also listening on tcp %s", o.listen);
+
+	while (sigwait(&stop_signals, &sig) != 0)
+		;
+	vt_info("%s received; finishing in-flight requests", strsignal(sig));
+	nbd_server_stop(srv);
+	if (fdatasync(vol->fd) < 0) {
+		vt_error("final flush of %s failed: %s", o.volume, strerror(errno));
+		goto out;
+	}
+	vt_info("stopped cleanly");
+	status = 0;
+out:
+	if (unix_path)
+		unlink(unix_path);
+	nbd_server_destroy(srv);
+	volume_close(vol);
+	metadir_close(md);
+	free(unix_path);
+	free(meta_path);
+	return status;
+}

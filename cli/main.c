@@ -1,0 +1,54 @@
+/*
+ * voltrack: a block-volume filter with crash-safe changed-block tracking,
+ * exported over NBD.  This file only dispatches to the subcommands.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char usage[] =
+"usage: voltrack COMMAND [ARGS]\n"
+"\n"
+"  init VOLUME [--size SIZE] [--granularity SIZE] [--meta DIR] [--force]\n"
+"      Prepare VOLUME (a file or block device) for serving.  Creates a sparse\n"
+"      file of SIZE when VOLUME does not exist.  GRANULARITY is the tracking\n"
+"      block size, a power of two from 4K to 64M (default 64K).  Refuses to\n"
+"      overwrite existing metadata unless --force is given.\n"
+"\n"
+"  serve VOLUME [--meta DIR] [--socket PATH] [--listen HOST:PORT]\n"
+"        [--io-engine auto|io_uring|threads] [--workers N]\n"
+"        [--max-connections N] [--handshake-timeout SEC]\n"
+"      Export VOLUME over NBD in the foreground until SIGINT or SIGTERM.\n"
+"      Listens on PATH (default DIR/nbd.sock), on TCP only with --listen,\n"
+"      or on sockets passed by systemd (LISTEN_FDS).  Export \"\" is the\n"
+"      live volume.\n"
+"\n"
+"  help      this text\n"
+"  version   the version\n"
+"\n"
+"Metadata lives in DIR, by default VOLUME.voltrack next to a file volume.\n"
+"Sizes take K, M, G and T suffixes (powers of 1024).\n";
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		fputs(usage, stderr);
+		return EXIT_USAGE;
+	}
+	const char *cmd = argv[1];
+	if (!strcmp(cmd, "init"))
+		return cmd_init(argc - 1, argv + 1);
+	if (!strcmp(cmd, "serve"))
+		return cmd_serve(argc - 1, argv + 1);
+	if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+		fputs(usage, stdout);
+		return 0;
+	}
+	if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+		printf("voltrack %s\n", VOLTRACK_VERSION);
+		return 0;
+	}
+	fprintf(stderr, "voltrack: unknown command '%s'\n\n%s", cmd, usage);
+	return EXIT_USAGE;
+}

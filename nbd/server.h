@@ -1,0 +1,59 @@
+/*
+ * server: an NBD server over any number of listening sockets.
+ *
+ * Threads: one acceptor; one short-lived thread per connection while it
+ * negotiates (blocking I/O, bounded by a deadline and the connection
+ * cap); and a fixed set of workers, each an event loop on its own vio
+ * engine, that run the transmission phase of the connections handed to
+ * them.  A request is received, executed and answered on one worker, so
+ * the data path has no cross-thread hand-off.
+ *
+ * nbd_server_stop() stops accepting, cuts negotiations short, lets each
+ * connection finish the requests it already received (answering any
+ * still buffered with ESHUTDOWN) and closes it; after a grace period it
+ * closes stragglers.  When it returns no thread touches the exports.
+ */
+#ifndef VOLTRACK_NBD_SERVER_H
+#define VOLTRACK_NBD_SERVER_H
+
+#include <stdint.h>
+
+#include "export.h"
+#include "metactx.h"
+#include "vio.h"
+
+struct nbd_server_config {
+	unsigned workers;		/* event loops; 0: one per CPU */
+	unsigned max_connections;	/* negotiating and transmitting */
+	unsigned handshake_timeout_ms;	/* whole negotiation */
+	unsigned shutdown_grace_ms;	/* for in-flight requests at stop */
+	uint32_t max_payload;		/* READ/WRITE limit, advertised */
+	enum vio_backend backend;
+};
+
+#define NBD_DEFAULT_MAX_CONNECTIONS 128
+#define NBD_DEFAULT_HANDSHAKE_TIMEOUT_MS 10000
+#define NBD_DEFAULT_SHUTDOWN_GRACE_MS 5000
+#define NBD_DEFAULT_MAX_PAYLOAD (32u << 20)
+
+void nbd_server_config_defaults(struct nbd_server_config *cfg);
+
+struct nbd_server;
+
+int nbd_server_create(const struct nbd_server_config *cfg, struct nbd_server **out);
+/* Frees everything; only after stop, or if never started. */
+void nbd_server_destroy(struct nbd_server *srv);
+
+struct nbd_export_table *nbd_server_exports(struct nbd_server *srv);
+struct metactx_registry *nbd_server_contexts(struct nbd_server *srv);
+
+/* Adopt a socket that is already listening; the server closes it. */
+int nbd_server_add_listener(struct nbd_server *srv, int fd);
+
+int nbd_server_start(struct nbd_server *srv);
+void nbd_server_stop(struct nbd_server *srv);
+
+/* "io_uring" or "threads", once started. */
+const char *nbd_server_engine(const struct nbd_server *srv);
+
+#endif

@@ -1,0 +1,25 @@
+#!/bin/sh
+# Install the Debian packages voltrack builds and tests with.  As root it
+# installs what is missing; otherwise it prints the command to run.
+set -eu
+
+PACKAGES="gcc meson ninja-build pkg-config liburing-dev libcmocka-dev \
+qemu-utils qemu-system-common nbdkit libnbd-bin python3-libnbd fio"
+
+missing=""
+for p in $PACKAGES; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
+		missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "voltrack needs these packages; run as root:" >&2
+	echo "  apt-get install -y$missing" >&2
+	exit 1
+fi
+echo "installing:$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null

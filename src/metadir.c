@@ -1,0 +1,160 @@
+#include "metadir.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct metadir {
+	char *path;
+	int dirfd;
+	int lockfd;
+};
+
+#define SB_NAME "superblock"
+#define SB_TMP_NAME "superblock.tmp"
+
+int metadir_default_path(const char *volume_path, char **out)
+{
+	if (asprintf(out, "%s.voltrack", volume_path) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+int metadir_open(const char *path, bool create, struct metadir **out)
+{
+	struct metadir *md;
+
+	if (create && mkdir(path, 0700) < 0 && errno != EEXIST)
+		return -errno;
+	md = calloc(1, sizeof(*md));
+	if (!md)
+		return -ENOMEM;
+	md->lockfd = -1;
+	md->path = strdup(path);
+	md->dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (!md->path || md->dirfd < 0) {
+		int err = md->path ? -errno : -ENOMEM;
+		metadir_close(md);
+		return err;
+	}
+	*out = md;
+	return 0;
+}
+
+void metadir_close(struct metadir *md)
+{
+	if (!md)
+		return;
+	if (md->lockfd >= 0)
+		close(md->lockfd);
+	if (md->dirfd >= 0)
+		close(md->dirfd);
+	free(md->path);
+	free(md);
+}
+
+const char *metadir_path(const struct metadir *md)
+{
+	return md->path;
+}
+
+char *metadir_file(const struct metadir *md, const char *name)
+{
+	char *p;
+
+	if (asprintf(&p, "%s/%s", md->path, name) < 0)
+		return NULL;
+	return p;
+}
+
+int metadir_lock(struct metadir *md)
+{
+	if (md->lockfd >= 0)
+		return 0;
+	int fd = openat(md->dirfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int err = errno == EWOULDBLOCK ? -EBUSY : -errno;
+		close(fd);
+		return err;
+	}
+	md->lockfd = fd;
+	return 0;
+}
+
+static int read_full(int fd, void *buf, size_t len)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)done);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EBADMSG; /* truncated */
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+static int write_full(int fd, const void *buf, size_t len)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pwrite(fd, (const char *)buf + done, len - done, (off_t)done);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+int metadir_read_superblock(struct metadir *md, struct superblock *sb)
+{
+	uint8_t block[SB_SIZE];
+	int fd = openat(md->dirfd, SB_NAME, O_RDONLY | O_CLOEXEC);
+	int err;
+
+	if (fd < 0)
+		return -errno;
+	err = read_full(fd, block, sizeof(block));
+	close(fd);
+	if (err)
+		return err;
+	return sb_decode(block, sb);
+}
+
+int metadir_write_superblock(struct metadir *md, const struct superblock *sb)
+{
+	uint8_t block[SB_SIZE];
+	int fd, err;
+
+	sb_encode(sb, block);
+	fd = openat(md->dirfd, SB_TMP_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	err = write_full(fd, block, sizeof(block));
+	if (!err && fdatasync(fd) < 0)
+		err = -errno;
+	close(fd);
+	if (!err && renameat(md->dirfd, SB_TMP_NAME, md->dirfd, SB_NAME) < 0)
+		err = -errno;
+	if (!err && fsync(md->dirfd) < 0)
+		err = -errno;
+	if (err)
+		unlinkat(md->dirfd, SB_TMP_NAME, 0);
+	return err;
+}

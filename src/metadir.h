@@ -1,0 +1,38 @@
+/*
+ * metadir: a volume's metadata directory (default VOLUME.voltrack/).
+ *
+ * Holds the superblock and, while a server runs, its sockets.  An
+ * exclusive flock on META/lock marks the one process allowed to change
+ * the metadata; metadir_lock() fails with -EBUSY when another holds it.
+ * The superblock is replaced atomically: written to a temporary file,
+ * fsynced, renamed over the old one, and the directory fsynced, so a
+ * crash leaves either the old or the new block, never a torn one.
+ */
+#ifndef VOLTRACK_METADIR_H
+#define VOLTRACK_METADIR_H
+
+#include <stdbool.h>
+
+#include "superblock.h"
+
+struct metadir;
+
+/* VOLUME.voltrack for a path; the caller frees the result. */
+int metadir_default_path(const char *volume_path, char **out);
+
+/* Open DIR, creating it (mode 0700) when create is true. */
+int metadir_open(const char *path, bool create, struct metadir **out);
+void metadir_close(struct metadir *md);
+
+const char *metadir_path(const struct metadir *md);
+
+/* PATH/name in a new string; NULL on allocation failure. */
+char *metadir_file(const struct metadir *md, const char *name);
+
+int metadir_lock(struct metadir *md);
+
+/* -ENOENT when no superblock exists; sb_decode's errors otherwise. */
+int metadir_read_superblock(struct metadir *md, struct superblock *sb);
+int metadir_write_superblock(struct metadir *md, const struct superblock *sb);
+
+#endif

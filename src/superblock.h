@@ -1,0 +1,48 @@
+/*
+ * superblock: the versioned, checksummed root of a volume's metadata.
+ *
+ * One 4096-byte little-endian block in META/superblock (layout in
+ * doc/format.md).  This module only encodes and decodes; metadir.c does
+ * the atomic replace on disk.  Decoding never trusts a field it has not
+ * checked: a wrong magic is -EINVAL (not ours), a newer version
+ * -EPROTONOSUPPORT, a checksum or range error -EBADMSG.
+ */
+#ifndef VOLTRACK_SUPERBLOCK_H
+#define VOLTRACK_SUPERBLOCK_H
+
+#include <stdint.h>
+
+#include "uuid.h"
+
+#define SB_SIZE 4096
+#define SB_MAGIC "VTRKSUPR"
+#define SB_VERSION 1
+
+#define SB_MIN_GRANULARITY (4u << 10)
+#define SB_MAX_GRANULARITY (64u << 20)
+#define SB_DEFAULT_GRANULARITY (64u << 10)
+
+enum sb_volume_kind {
+	SB_KIND_FILE = 1,
+	SB_KIND_BLOCKDEV = 2,
+};
+
+struct superblock {
+	uint32_t version;
+	uint32_t flags;
+	struct vt_uuid volume_uuid;	/* fixed for the life of the metadata */
+	struct vt_uuid generation;	/* changes whenever history is lost */
+	uint64_t volume_size;		/* bytes */
+	uint32_t granularity;		/* bytes per tracked block */
+	uint32_t volume_kind;		/* enum sb_volume_kind */
+	uint64_t created;		/* unix seconds */
+	uint64_t sequence;		/* bumped on every rewrite */
+};
+
+/* True for a power of two within [SB_MIN_GRANULARITY, SB_MAX_GRANULARITY]. */
+int sb_granularity_valid(uint64_t granularity);
+
+void sb_encode(const struct superblock *sb, uint8_t out[SB_SIZE]);
+int sb_decode(const uint8_t in[SB_SIZE], struct superblock *sb);
+
+#endif

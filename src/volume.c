@@ -1,0 +1,250 @@
+#include "volume.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int describe(int fd, enum sb_volume_kind *kind, uint64_t *size)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (S_ISREG(st.st_mode)) {
+		*kind = SB_KIND_FILE;
+		*size = (uint64_t)st.st_size;
+		return 0;
+	}
+	if (S_ISBLK(st.st_mode)) {
+		*kind = SB_KIND_BLOCKDEV;
+		return ioctl(fd, BLKGETSIZE64, size) < 0 ? -errno : 0;
+	}
+	return -EINVAL; /* directories, sockets, character devices */
+}
+
+int volume_probe(const char *path, enum sb_volume_kind *kind, uint64_t *size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int err;
+
+	if (fd < 0)
+		return -errno;
+	err = describe(fd, kind, size);
+	close(fd);
+	return err;
+}
+
+int volume_create_file(const char *path, uint64_t size)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	int err = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (size > INT64_MAX || ftruncate(fd, (off_t)size) < 0)
+		err = size > INT64_MAX ? -EFBIG : -errno;
+	if (!err && fsync(fd) < 0)
+		err = -errno;
+	close(fd);
+	if (err)
+		unlink(path);
+	return err;
+}
+
+int volume_open(const char *path, unsigned flags, struct volume **out)
+{
+	struct volume *vol = calloc(1, sizeof(*vol));
+	int oflags = O_CLOEXEC | ((flags & VOLUME_READ_ONLY) ? O_RDONLY : O_RDWR);
+	int err;
+
+	if (!vol)
+		return -ENOMEM;
+	vol->read_only = flags & VOLUME_READ_ONLY;
+	vol->path = strdup(path);
+	vol->fd = open(path, oflags);
+	if (!vol->path || vol->fd < 0) {
+		err = vol->path ? -errno : -ENOMEM;
+		goto fail;
+	}
+	err = describe(vol->fd, &vol->kind, &vol->size);
+	if (err)
+		goto fail;
+	if ((flags & VOLUME_EXCLUSIVE) && flock(vol->fd, LOCK_EX | LOCK_NB) < 0) {
+		err = errno == EWOULDBLOCK ? -EBUSY : -errno;
+		goto fail;
+	}
+	*out = vol;
+	return 0;
+fail:
+	volume_close(vol);
+	return err;
+}
+
+void volume_close(struct volume *vol)
+{
+	if (!vol)
+		return;
+	if (vol->fd >= 0)
+		close(vol->fd);
+	free(vol->path);
+	free(vol);
+}
+
+static void prep_base(struct vio_req *req, enum vio_op op, int fd)
+{
+	req->op = (uint8_t)op;
+	req->flags = 0;
+	req->fd = fd;
+	req->iov = NULL;
+	req->iovcnt = 0;
+	req->mode = 0;
+	req->off = 0;
+	req->len = 0;
+}
+
+void volume_prep_read(struct volume *vol, struct vio_req *req,
+		      struct iovec *iov, unsigned iovcnt, uint64_t off)
+{
+	prep_base(req, VIO_READ, vol->fd);
+	req->iov = iov;
+	req->iovcnt = iovcnt;
+	req->off = off;
+}
+
+void volume_prep_write(struct volume *vol, struct vio_req *req,
+		       struct iovec *iov, unsigned iovcnt, uint64_t off, bool fua)
+{
+	prep_base(req, VIO_WRITE, vol->fd);
+	req->iov = iov;
+	req->iovcnt = iovcnt;
+	req->off = off;
+	req->flags = fua ? VIO_F_DSYNC : 0;
+}
+
+void volume_prep_flush(struct volume *vol, struct vio_req *req)
+{
+	prep_base(req, VIO_FDATASYNC, vol->fd);
+}
+
+void volume_prep_trim(struct volume *vol, struct vio_req *req,
+		      uint64_t off, uint64_t len)
+{
+	if (vol->kind == SB_KIND_BLOCKDEV) {
+		prep_base(req, VIO_BLKDISCARD, vol->fd);
+	} else {
+		prep_base(req, VIO_FALLOCATE, vol->fd);
+		req->mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+	}
+	req->off = off;
+	req->len = len;
+}
+
+enum zero_method {
+	ZM_PUNCH,	/* fallocate punch hole: unmaps, reads back zeroes */
+	ZM_ZERO_RANGE,	/* fallocate zero range: keeps allocation */
+	ZM_BLKZEROOUT,	/* block device: the kernel may write zeroes itself */
+	ZM_WRITE,	/* write literal zeroes */
+	ZM_END,
+};
+
+/* The ladders, per kind and flags; ZM_END terminates each. */
+static const enum zero_method *zero_ladder(enum sb_volume_kind kind, unsigned zflags)
+{
+	static const enum zero_method file_unmap[] = { ZM_PUNCH, ZM_ZERO_RANGE, ZM_WRITE, ZM_END };
+	static const enum zero_method file_keep[] = { ZM_ZERO_RANGE, ZM_WRITE, ZM_END };
+	static const enum zero_method file_fast_unmap[] = { ZM_PUNCH, ZM_ZERO_RANGE, ZM_END };
+	static const enum zero_method file_fast_keep[] = { ZM_ZERO_RANGE, ZM_END };
+	/* On a block device, fallocate punch-hole asks for zeroing without
+	 * the kernel's slow fallback, which is what "fast" means. */
+	static const enum zero_method blk_unmap[] = { ZM_PUNCH, ZM_BLKZEROOUT, ZM_END };
+	static const enum zero_method blk_keep[] = { ZM_BLKZEROOUT, ZM_END };
+	static const enum zero_method blk_fast_unmap[] = { ZM_PUNCH, ZM_END };
+	static const enum zero_method none[] = { ZM_END };
+	bool unmap = zflags & VOLUME_ZERO_MAY_UNMAP;
+	bool fast = zflags & VOLUME_ZERO_FAST;
+
+	if (kind == SB_KIND_BLOCKDEV) {
+		if (fast)
+			return unmap ? blk_fast_unmap : none;
+		return unmap ? blk_unmap : blk_keep;
+	}
+	if (fast)
+		return unmap ? file_fast_unmap : file_fast_keep;
+	return unmap ? file_unmap : file_keep;
+}
+
+int volume_prep_zero(struct volume *vol, struct vio_req *req, uint64_t off,
+		     uint64_t len, unsigned zflags, unsigned step)
+{
+	const enum zero_method *ladder = zero_ladder(vol->kind, zflags);
+
+	for (unsigned i = 0; i < step; i++)
+		if (ladder[i] == ZM_END)
+			return -ENOTSUP;
+	switch (ladder[step]) {
+	case ZM_PUNCH:
+		prep_base(req, VIO_FALLOCATE, vol->fd);
+		req->mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+		break;
+	case ZM_ZERO_RANGE:
+		prep_base(req, VIO_FALLOCATE, vol->fd);
+		req->mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+		break;
+	case ZM_BLKZEROOUT:
+		prep_base(req, VIO_BLKZEROOUT, vol->fd);
+		break;
+	case ZM_WRITE:
+		prep_base(req, VIO_WRITE_ZEROES, vol->fd);
+		break;
+	case ZM_END:
+		return -ENOTSUP;
+	}
+	req->off = off;
+	req->len = len;
+	return 0;
+}
+
+bool volume_zero_retryable(int64_t res)
+{
+	return res == -EOPNOTSUPP || res == -ENOTTY || res == -EINVAL ||
+	       res == -ENOSYS;
+}
+
+void volume_cache(struct volume *vol, uint64_t off, uint64_t len)
+{
+	/* Advisory; a failure changes nothing the client can observe. */
+	posix_fadvise(vol->fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);
+}
+
+void volume_allocation(struct volume *vol, uint64_t off, uint64_t len,
+		       bool *hole, uint64_t *run)
+{
+	*hole = false;
+	*run = len;
+	if (vol->kind != SB_KIND_FILE)
+		return;
+
+	off_t data = lseek(vol->fd, (off_t)off, SEEK_DATA);
+	if (data < 0) {
+		/* ENXIO: no data from off to end of file; anything else:
+		 * unsupported, so claim data. */
+		*hole = errno == ENXIO;
+		return;
+	}
+	if ((uint64_t)data > off) {
+		*hole = true;
+		if ((uint64_t)data - off < len)
+			*run = (uint64_t)data - off;
+		return;
+	}
+	off_t end = lseek(vol->fd, (off_t)off, SEEK_HOLE);
+	if (end > (off_t)off && (uint64_t)end - off < len)
+		*run = (uint64_t)end - off;
+}

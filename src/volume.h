@@ -1,0 +1,77 @@
+/*
+ * volume: the file or block device being filtered.
+ *
+ * Owns the descriptor and knows how each logical operation maps onto the
+ * kind of volume: a regular file punches holes with fallocate, a block
+ * device discards and zeroes with the BLK* ioctls.  The prep functions
+ * fill a vio_req; the caller submits it to its own engine.  Nothing here
+ * keeps per-request state, so any number of threads may prepare requests
+ * against one volume.
+ */
+#ifndef VOLTRACK_VOLUME_H
+#define VOLTRACK_VOLUME_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "superblock.h"
+#include "vio.h"
+
+#define VOLUME_READ_ONLY 1u	/* open O_RDONLY */
+#define VOLUME_EXCLUSIVE 2u	/* flock it; -EBUSY when another process has */
+
+struct volume {
+	int fd;
+	enum sb_volume_kind kind;
+	uint64_t size;
+	bool read_only;
+	char *path;
+};
+
+/* Kind and size of an existing path without opening it for writing. */
+int volume_probe(const char *path, enum sb_volume_kind *kind, uint64_t *size);
+
+/* Create a sparse regular file of the given size; -EEXIST if present. */
+int volume_create_file(const char *path, uint64_t size);
+
+int volume_open(const char *path, unsigned flags, struct volume **out);
+void volume_close(struct volume *vol);
+
+void volume_prep_read(struct volume *vol, struct vio_req *req,
+		      struct iovec *iov, unsigned iovcnt, uint64_t off);
+void volume_prep_write(struct volume *vol, struct vio_req *req,
+		       struct iovec *iov, unsigned iovcnt, uint64_t off, bool fua);
+void volume_prep_flush(struct volume *vol, struct vio_req *req);
+/* TRIM is advisory: callers treat -EOPNOTSUPP from it as success. */
+void volume_prep_trim(struct volume *vol, struct vio_req *req,
+		      uint64_t off, uint64_t len);
+
+#define VOLUME_ZERO_MAY_UNMAP 1u /* a hole that reads as zeroes is fine */
+#define VOLUME_ZERO_FAST      2u /* only methods that do not write data */
+
+/*
+ * Zeroing has a ladder of methods, best first; not every filesystem or
+ * device supports each one.  Prepare attempt number `step` (0 first);
+ * after the request fails with -EOPNOTSUPP (or -EINVAL from a filesystem
+ * that rejects the mode), prepare step + 1.  Returns -ENOTSUP when no
+ * method is left, which with VOLUME_ZERO_FAST is the NBD fast-zero
+ * "not fast" answer.
+ */
+int volume_prep_zero(struct volume *vol, struct vio_req *req, uint64_t off,
+		     uint64_t len, unsigned zflags, unsigned step);
+
+/* True when a failed zeroing attempt should fall to the next step. */
+bool volume_zero_retryable(int64_t res);
+
+/* Hint the kernel to read ahead [off, off+len); always succeeds. */
+void volume_cache(struct volume *vol, uint64_t off, uint64_t len);
+
+/*
+ * Allocation at off: sets *hole and the length of the run, at most len,
+ * that shares it.  Block devices and filesystems without SEEK_HOLE
+ * report data, which is the safe answer for base:allocation.
+ */
+void volume_allocation(struct volume *vol, uint64_t off, uint64_t len,
+		       bool *hole, uint64_t *run);
+
+#endif
