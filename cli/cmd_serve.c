@@ -24,6 +24,7 @@ struct serve_opts {
 	const char *meta;
 	const char *socket;
 	const char *listen;
+	bool read_only;
 	struct nbd_server_config cfg;
 };
 
@@ -37,6 +38,7 @@ static int parse(int argc, char **argv, struct serve_opts *o)
 		{ "workers", required_argument, NULL, 'w' },
 		{ "max-connections", required_argument, NULL, 'c' },
 		{ "handshake-timeout", required_argument, NULL, 't' },
+		{ "read-only", no_argument, NULL, 'r' },
 		{ NULL, 0, NULL, 0 },
 	};
 	unsigned v;
@@ -49,6 +51,7 @@ static int parse(int argc, char **argv, struct serve_opts *o)
 		case 'm': o->meta = optarg; break;
 		case 's': o->socket = optarg; break;
 		case 'l': o->listen = optarg; break;
+		case 'r': o->read_only = true; break;
 		case 'e':
 			if (!strcmp(optarg, "auto"))
 				o->cfg.backend = VIO_BACKEND_AUTO;
@@ -121,7 +124,7 @@ static int open_volume(const struct serve_opts *o, struct metadir **md,
 	if (err)
 		return cli_fail("%s/superblock is corrupt (%s); 'voltrack init --force' starts over",
 				*meta_path, strerror(-err));
-	err = volume_open(o->volume, VOLUME_EXCLUSIVE, vol);
+	err = volume_open(o->volume, VOLUME_EXCLUSIVE | (o->read_only ? VOLUME_READ_ONLY : 0), vol);
 	if (err == -EBUSY)
 		return cli_fail("%s is locked by another process", o->volume);
 	if (err)
@@ -205,7 +208,7 @@ int cmd_serve(int argc, char **argv)
 		cli_fail("cannot create server: %s", strerror(-err));
 		goto out;
 	}
-	if (export_table_add(nbd_server_exports(srv), "", "live volume", vol, false) ||
+	if (export_table_add(nbd_server_exports(srv), "", "live volume", vol, o.read_only) ||
 	    metactx_register(nbd_server_contexts(srv), &metactx_base_allocation)) {
 		cli_fail("out of memory");
 		goto out;

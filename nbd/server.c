@@ -277,9 +277,9 @@ static void *worker_boot_main(void *arg)
 	pthread_mutex_unlock(&boot->lock);
 	if (w->start_status)
 		return NULL;
-	nbd_worker_main(w);
-	vio_engine_destroy(w->eng);
-	return NULL;
+	/* The engine outlives this thread: stop_workers() may still be
+	 * waking it, and destroys it after the join. */
+	return nbd_worker_main(w);
 }
 
 static int start_worker(struct nbd_worker *w)
@@ -312,6 +312,8 @@ static void stop_workers(struct nbd_server *srv, unsigned n)
 	}
 	for (unsigned i = 0; i < n; i++) {
 		pthread_join(srv->workers[i].thread, NULL);
+		vio_engine_destroy(srv->workers[i].eng);
+		srv->workers[i].eng = NULL;
 		pthread_mutex_destroy(&srv->workers[i].lock);
 	}
 }

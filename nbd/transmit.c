@@ -51,6 +51,7 @@ struct nbd_slot {
 	uint8_t stage;
 	uint8_t zero_step;
 	bool counted;			/* rq.length is in conn->inflight_bytes */
+	uint32_t deferred_error;	/* answer once the payload is dropped */
 	/* reply */
 	uint8_t hdr[HDR_SIZE];
 	struct iovec out[2];
@@ -77,7 +78,7 @@ struct nbd_conn {
 	struct iovec riov;
 	bool recv_pending;
 	enum rx_state rx;
-	struct nbd_slot *rx_slot;	/* RX_PAYLOAD */
+	struct nbd_slot *rx_slot;	/* RX_PAYLOAD, or RX_DISCARD's rejected WRITE */
 	uint64_t rx_need;		/* RX_PAYLOAD / RX_DISCARD bytes left */
 	bool rx_done;			/* no more reading: EOF, error, shutdown */
 	bool disc;			/* NBD_CMD_DISC seen: parse no further */
@@ -473,6 +474,11 @@ static void conn_parse(struct nbd_conn *c)
 			if (c->rx_need)
 				return;
 			c->rx = RX_HEADER;
+			if (c->rx_slot) {
+				struct nbd_slot *sl = c->rx_slot;
+				c->rx_slot = NULL;
+				reply_error(sl, sl->deferred_error, error_text(sl->deferred_error));
+			}
 			continue;
 		}
 		if (c->rx == RX_PAYLOAD) {
@@ -521,8 +527,13 @@ static void conn_parse(struct nbd_conn *c)
 			err = NBD_ENOMEM;
 		if (err) {
 			if (payload) {
+				/* Answer once the payload is gone: a client still
+				 * sending it may not expect the reply yet. */
 				c->rx = RX_DISCARD;
 				c->rx_need = payload;
+				c->rx_slot = sl;
+				sl->deferred_error = err;
+				continue;
 			}
 			reply_error(sl, err, error_text(err));
 			continue;
@@ -684,9 +695,10 @@ static bool conn_idle(const struct nbd_conn *c)
 static bool conn_service(struct nbd_conn *c)
 {
 	conn_parse(c);
-	if (c->rx_done && !c->recv_pending && c->rx == RX_PAYLOAD) {
+	if (c->rx_done && !c->recv_pending && c->rx != RX_HEADER) {
 		/* Cut off mid-payload: that request never started. */
-		slot_put(c, c->rx_slot);
+		if (c->rx_slot)
+			slot_put(c, c->rx_slot);
 		c->rx_slot = NULL;
 		c->rx = RX_HEADER;
 	}
