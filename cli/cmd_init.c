@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "metadir.h"
 #include "size.h"
+#include "tracker.h"
 #include "volume.h"
 
 int cmd_init(int argc, char **argv)
@@ -124,9 +125,32 @@ int cmd_init(int argc, char **argv)
 	sb.volume_kind = kind;
 	sb.created = (uint64_t)time(NULL);
 	sb.sequence = 1;
-	err = metadir_write_superblock(md, &sb);
+
+	/* Record the volume as it is now, so that a change made before the
+	 * first serve is noticed like any other untracked change. */
+	struct volume *vol;
+	struct volume_identity id;
+	err = volume_open(volume, VOLUME_READ_ONLY, &vol);
+	if (!err) {
+		err = volume_identity(vol, &id);
+		volume_close(vol);
+	}
 	if (err) {
-		cli_fail("cannot write superblock in %s: %s", meta, strerror(-err));
+		cli_fail("cannot read %s: %s", volume, strerror(-err));
+		goto out;
+	}
+	sb.state = SB_STATE_CLEAN;
+	sb.id_size = id.size;
+	sb.id_ino = id.ino;
+	sb.id_ctime_ns = id.ctime_ns;
+
+	/* Tracking files first: a superblock never points at a generation
+	 * whose files are not there. */
+	err = tracker_format(md, &sb);
+	if (!err)
+		err = metadir_write_superblock(md, &sb);
+	if (err) {
+		cli_fail("cannot write metadata in %s: %s", meta, strerror(-err));
 		goto out;
 	}
 

@@ -14,6 +14,8 @@
 #include "log.h"
 #include "metadir.h"
 #include "server.h"
+#include "tracker.h"
+#include "ctl_server.h"
 #include "size.h"
 #include "volume.h"
 
@@ -25,6 +27,7 @@ struct serve_opts {
 	const char *socket;
 	const char *listen;
 	bool read_only;
+	bool no_track;
 	struct nbd_server_config cfg;
 };
 
@@ -39,6 +42,7 @@ static int parse(int argc, char **argv, struct serve_opts *o)
 		{ "max-connections", required_argument, NULL, 'c' },
 		{ "handshake-timeout", required_argument, NULL, 't' },
 		{ "read-only", no_argument, NULL, 'r' },
+		{ "no-track", no_argument, NULL, 'n' },
 		{ NULL, 0, NULL, 0 },
 	};
 	unsigned v;
@@ -52,6 +56,7 @@ static int parse(int argc, char **argv, struct serve_opts *o)
 		case 's': o->socket = optarg; break;
 		case 'l': o->listen = optarg; break;
 		case 'r': o->read_only = true; break;
+		case 'n': o->no_track = true; break;
 		case 'e':
 			if (!strcmp(optarg, "auto"))
 				o->cfg.backend = VIO_BACKEND_AUTO;
@@ -184,6 +189,8 @@ int cmd_serve(int argc, char **argv)
 	struct metadir *md = NULL;
 	struct volume *vol = NULL;
 	struct nbd_server *srv = NULL;
+	struct tracker *tracker = NULL;
+	struct ctl_server *ctl = NULL;
 	char *meta_path = NULL, *unix_path = NULL;
 	sigset_t stop_signals;
 	int status = 1, err, sig;
@@ -203,13 +210,30 @@ int cmd_serve(int argc, char **argv)
 
 	if (open_volume(&o, &md, &vol, &meta_path))
 		goto out;
+	if (!o.no_track) {
+		struct tracker_config tcfg;
+		struct volume_identity id;
+		tracker_config_defaults(&tcfg);
+		err = volume_identity(vol, &id);
+		if (!err)
+			err = tracker_open(md, &id, true, &tcfg, &tracker);
+		if (err) {
+			cli_fail("cannot start change tracking in %s: %s", meta_path, strerror(-err));
+			goto out;
+		}
+	} else {
+		vt_warn("--no-track: writes are not tracked; the next tracked start "
+			"will report everything changed");
+	}
 	err = nbd_server_create(&o.cfg, &srv);
 	if (err) {
 		cli_fail("cannot create server: %s", strerror(-err));
 		goto out;
 	}
-	if (export_table_add(nbd_server_exports(srv), "", "live volume", vol, o.read_only) ||
-	    metactx_register(nbd_server_contexts(srv), &metactx_base_allocation)) {
+	if (export_table_add(nbd_server_exports(srv), "", "live volume", vol, tracker,
+			     o.read_only) ||
+	    metactx_register(nbd_server_contexts(srv), &metactx_base_allocation) ||
+	    metactx_register(nbd_server_contexts(srv), &metactx_dirty_bitmap)) {
 		cli_fail("out of memory");
 		goto out;
 	}
@@ -222,6 +246,15 @@ int cmd_serve(int argc, char **argv)
 			vt_warn("io_uring is unavailable (%s); using the thread-pool engine",
 				strerror(-err));
 			o.cfg.backend = VIO_BACKEND_THREADS;
+		}
+	}
+	if (tracker) {
+		char *ctl_path = metadir_file(md, CTL_SOCKET_NAME);
+		err = ctl_path ? ctl_server_start(ctl_path, tracker, md, &ctl) : -ENOMEM;
+		free(ctl_path);
+		if (err) {
+			cli_fail("cannot open the control socket in %s: %s", meta_path, strerror(-err));
+			goto out;
 		}
 	}
 	err = nbd_server_start(srv);
@@ -242,14 +275,36 @@ int cmd_serve(int argc, char **argv)
 	while (sigwait(&stop_signals, &sig) != 0)
 		;
 	vt_info("%s received; finishing in-flight requests", strsignal(sig));
+	ctl_server_stop(ctl);
+	ctl = NULL;
 	nbd_server_stop(srv);
 	if (fdatasync(vol->fd) < 0) {
 		vt_error("final flush of %s failed: %s", o.volume, strerror(errno));
 		goto out;
 	}
+	if (tracker) {
+		struct volume_identity id;
+		err = volume_identity(vol, &id);
+		if (!err)
+			err = tracker_close(tracker, &id);
+		tracker = NULL;
+		if (err) {
+			vt_error("closing change tracking failed: %s; the next start will recover",
+				 strerror(-err));
+			goto out;
+		}
+	}
 	vt_info("stopped cleanly");
 	status = 0;
 out:
+	ctl_server_stop(ctl);
+	if (tracker) {
+		/* Failed before a clean close: the superblock stays marked in
+		 * use, so the next start recovers from the intents. */
+		if (srv)
+			nbd_server_stop(srv);
+		tracker_abandon(tracker);
+	}
 	if (unix_path)
 		unlink(unix_path);
 	nbd_server_destroy(srv);

@@ -19,10 +19,33 @@ static const char usage[] =
 "  serve VOLUME [--meta DIR] [--socket PATH] [--listen HOST:PORT]\n"
 "        [--io-engine auto|io_uring|threads] [--workers N]\n"
 "        [--max-connections N] [--handshake-timeout SEC] [--read-only]\n"
+"        [--no-track]\n"
 "      Export VOLUME over NBD in the foreground until SIGINT or SIGTERM.\n"
 "      Listens on PATH (default DIR/nbd.sock), on TCP only with --listen,\n"
 "      or on sockets passed by systemd (LISTEN_FDS).  Export \"\" is the\n"
-"      live volume; --read-only refuses writes to it.\n"
+"      live volume; --read-only refuses writes to it.  Every write is\n"
+"      tracked unless --no-track is given (then the next tracked start\n"
+"      reports everything changed).\n"
+"\n"
+"  checkpoint VOLUME NAME\n"
+"      Close the current epoch under NAME: 'changes since NAME' starts here.\n"
+"\n"
+"  changes VOLUME --since NAME [--until NAME] [--json]\n"
+"      Byte ranges changed since checkpoint NAME, merged, at the tracking\n"
+"      granularity.  --json prints {\"granularity\":G,\"extents\":[...]}.\n"
+"\n"
+"  list VOLUME [--json]\n"
+"      Checkpoints with their epoch, creation time and bytes changed since.\n"
+"\n"
+"  status VOLUME [--json]\n"
+"      Generation, granularity, clean or recovered state, intent regions set,\n"
+"      metadata size.\n"
+"\n"
+"  check VOLUME\n"
+"      Verify every checksum and structure of the metadata; exit 0 if sound.\n"
+"\n"
+"  These talk to a running server through DIR/control.sock, or work on the\n"
+"  metadata directly when no server runs.  All take [--meta DIR].\n"
 "\n"
 "  help      this text\n"
 "  version   the version\n"
@@ -41,6 +64,10 @@ int main(int argc, char **argv)
 		return cmd_init(argc - 1, argv + 1);
 	if (!strcmp(cmd, "serve"))
 		return cmd_serve(argc - 1, argv + 1);
+	static const char *const tracking[] = { "checkpoint", "changes", "list", "status", "check" };
+	for (size_t i = 0; i < sizeof(tracking) / sizeof(tracking[0]); i++)
+		if (!strcmp(cmd, tracking[i]))
+			return cmd_track(argc - 1, argv + 1);
 	if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
 		fputs(usage, stdout);
 		return 0;

@@ -24,7 +24,8 @@ void export_table_destroy(struct nbd_export_table *t)
 }
 
 int export_table_add(struct nbd_export_table *t, const char *name,
-		     const char *description, struct volume *vol, bool read_only)
+		     const char *description, struct volume *vol,
+		     struct tracker *tracker, bool read_only)
 {
 	struct nbd_export *e = calloc(1, sizeof(*e));
 
@@ -39,6 +40,7 @@ int export_table_add(struct nbd_export_table *t, const char *name,
 		return -ENOMEM;
 	}
 	e->vol = vol;
+	e->tracker = tracker;
 	e->read_only = read_only || vol->read_only;
 	atomic_init(&e->refs, 1);
 

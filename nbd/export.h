@@ -15,12 +15,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tracker.h"
 #include "volume.h"
 
 struct nbd_export {
 	char *name;
 	char *description;
 	struct volume *vol;	/* borrowed: the owner outlives every export */
+	struct tracker *tracker; /* borrowed; NULL when writes are not tracked */
 	bool read_only;
 	atomic_uint refs;
 	struct nbd_export *next;
@@ -37,7 +39,8 @@ void export_table_destroy(struct nbd_export_table *t);
 
 /* -EEXIST when the name is taken. */
 int export_table_add(struct nbd_export_table *t, const char *name,
-		     const char *description, struct volume *vol, bool read_only);
+		     const char *description, struct volume *vol,
+		     struct tracker *tracker, bool read_only);
 int export_table_remove(struct nbd_export_table *t, const char *name);
 
 /* A counted reference, or NULL. */

@@ -92,4 +92,7 @@ int metactx_select(struct metactx_registry *r, const struct nbd_export *exp,
 /* The base:allocation provider, backed by SEEK_DATA / SEEK_HOLE. */
 extern const struct metactx_provider metactx_base_allocation;
 
+/* qemu:dirty-bitmap:NAME for each checkpoint of a tracked export. */
+extern const struct metactx_provider metactx_dirty_bitmap;
+
 #endif

@@ -23,6 +23,7 @@ struct nbd_session {
 void nbd_session_release(struct nbd_session *s);
 
 struct nbd_conn;
+struct nbd_slot;
 
 struct nbd_worker {
 	struct nbd_server *srv;
@@ -32,6 +33,8 @@ struct nbd_worker {
 	pthread_mutex_t lock;		/* guards incoming */
 	struct nbd_conn *incoming;
 	atomic_bool has_incoming;
+	struct nbd_slot *resumed;	/* writes whose intent became durable */
+	atomic_bool has_resumed;
 	atomic_bool draining;
 	/* worker-thread only */
 	struct nbd_conn *conns;

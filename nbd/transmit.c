@@ -52,6 +52,9 @@ struct nbd_slot {
 	uint8_t zero_step;
 	bool counted;			/* rq.length is in conn->inflight_bytes */
 	uint32_t deferred_error;	/* answer once the payload is dropped */
+	bool tracked;			/* between tracker_write_begin and _end */
+	int wait_err;
+	struct intent_wait wait;
 	/* reply */
 	uint8_t hdr[HDR_SIZE];
 	struct iovec out[2];
@@ -175,6 +178,12 @@ static void slot_queue_reply(struct nbd_slot *sl)
 {
 	struct nbd_conn *c = sl->conn;
 
+	if (sl->tracked) {
+		/* Every request ends in exactly one reply: the one place to
+		 * close what tracker_write_begin opened. */
+		sl->tracked = false;
+		tracker_write_end(c->s.export->tracker, sl->rq.offset, sl->rq.length);
+	}
 	if (c->dead) {
 		slot_put(c, sl);
 		return;
@@ -266,6 +275,42 @@ static void submit(struct nbd_slot *sl)
 	vio_submit(sl->conn->w->eng, &sl->io);
 }
 
+/* Resumed on the committer thread: hand the slot back to its worker. */
+static void intent_ready(struct intent_wait *w, int err)
+{
+	struct nbd_slot *sl = (struct nbd_slot *)((char *)w - offsetof(struct nbd_slot, wait));
+	struct nbd_worker *wk = sl->conn->w;
+
+	sl->wait_err = err;
+	pthread_mutex_lock(&wk->lock);
+	sl->next = wk->resumed;
+	wk->resumed = sl;
+	pthread_mutex_unlock(&wk->lock);
+	atomic_store(&wk->has_resumed, true);
+	vio_wake(wk->eng);
+}
+
+/*
+ * Record a write-type request with the tracker before its I/O is issued.
+ * Returns true when the caller must not submit now: the slot is parked
+ * until its intent is durable, or has already been answered with EIO.
+ */
+static bool track_begin(struct nbd_slot *sl)
+{
+	struct tracker *t = sl->conn->s.export->tracker;
+
+	if (!t)
+		return false;
+	sl->tracked = true;
+	sl->wait.ready = intent_ready;
+	int r = tracker_write_begin(t, sl->rq.offset, sl->rq.length, &sl->wait);
+	if (r == 0)
+		return false;
+	if (r < 0)
+		reply_error(sl, NBD_EIO, "cannot record the write durably");
+	return true;
+}
+
 static void start_flush_stage(struct nbd_slot *sl)
 {
 	sl->stage = STAGE_FLUSH;
@@ -341,6 +386,10 @@ static void io_done(struct vio_req *io)
 			reply_errno(sl, res);
 		else
 			reply_ok(sl);
+		/* A client flushing wants durability: persist the change map
+		 * soon too, which shortens what a crash would over-report. */
+		if (sl->rq.type == NBD_CMD_FLUSH && sl->conn->s.export->tracker)
+			tracker_nudge(sl->conn->s.export->tracker);
 		break;
 	}
 }
@@ -421,7 +470,8 @@ static void slot_start(struct nbd_slot *sl)
 		sl->iov.iov_len = rq->length;
 		volume_prep_write(vol, &sl->io, &sl->iov, 1, rq->offset,
 				  rq->flags & NBD_CMD_FLAG_FUA);
-		submit(sl);
+		if (!track_begin(sl))
+			submit(sl);
 		break;
 	case NBD_CMD_FLUSH:
 		volume_prep_flush(vol, &sl->io);
@@ -429,7 +479,8 @@ static void slot_start(struct nbd_slot *sl)
 		break;
 	case NBD_CMD_TRIM:
 		volume_prep_trim(vol, &sl->io, rq->offset, rq->length);
-		submit(sl);
+		if (!track_begin(sl))
+			submit(sl);
 		break;
 	case NBD_CMD_WRITE_ZEROES: {
 		unsigned zflags = 0;
@@ -439,7 +490,7 @@ static void slot_start(struct nbd_slot *sl)
 			zflags |= VOLUME_ZERO_FAST;
 		if (volume_prep_zero(vol, &sl->io, rq->offset, rq->length, zflags, 0) < 0)
 			reply_error(sl, NBD_ENOTSUP, "cannot zero quickly");
-		else
+		else if (!track_begin(sl))
 			submit(sl);
 		break;
 	}
@@ -780,6 +831,28 @@ static void adopt_incoming(struct nbd_worker *w)
 	}
 }
 
+static void adopt_resumed(struct nbd_worker *w)
+{
+	struct nbd_slot *list;
+
+	if (!atomic_exchange(&w->has_resumed, false))
+		return;
+	pthread_mutex_lock(&w->lock);
+	list = w->resumed;
+	w->resumed = NULL;
+	pthread_mutex_unlock(&w->lock);
+	while (list) {
+		struct nbd_slot *sl = list;
+		list = sl->next;
+		sl->next = NULL;
+		if (sl->wait_err)
+			reply_error(sl, NBD_EIO, "cannot record the write durably");
+		else
+			submit(sl);
+		conn_mark_dirty(sl->conn);
+	}
+}
+
 static void begin_drain(struct nbd_worker *w)
 {
 	w->drain_started = true;
@@ -823,6 +896,7 @@ void *nbd_worker_main(void *arg)
 
 	for (;;) {
 		adopt_incoming(w);
+		adopt_resumed(w);
 		if (atomic_load(&w->draining) && !w->drain_started)
 			begin_drain(w);
 		if (w->drain_started && nbd_now_ms() >= w->drain_deadline_ms)

@@ -63,6 +63,11 @@ const char *metadir_path(const struct metadir *md)
 	return md->path;
 }
 
+int metadir_fd(const struct metadir *md)
+{
+	return md->dirfd;
+}
+
 char *metadir_file(const struct metadir *md, const char *name)
 {
 	char *p;

@@ -25,6 +25,8 @@ int metadir_open(const char *path, bool create, struct metadir **out);
 void metadir_close(struct metadir *md);
 
 const char *metadir_path(const struct metadir *md);
+/* The directory's descriptor, for openat(); owned by md. */
+int metadir_fd(const struct metadir *md);
 
 /* PATH/name in a new string; NULL on allocation failure. */
 char *metadir_file(const struct metadir *md, const char *name);

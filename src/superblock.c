@@ -20,6 +20,10 @@ enum {
 	OFF_KIND = 68,
 	OFF_CREATED = 72,
 	OFF_SEQUENCE = 80,
+	OFF_STATE = 88,
+	OFF_ID_SIZE = 96,
+	OFF_ID_INO = 104,
+	OFF_ID_CTIME = 112,
 };
 
 static void put32(uint8_t *p, uint32_t v)
@@ -77,6 +81,10 @@ void sb_encode(const struct superblock *sb, uint8_t out[SB_SIZE])
 	put32(out + OFF_KIND, sb->volume_kind);
 	put64(out + OFF_CREATED, sb->created);
 	put64(out + OFF_SEQUENCE, sb->sequence);
+	put32(out + OFF_STATE, sb->state);
+	put64(out + OFF_ID_SIZE, sb->id_size);
+	put64(out + OFF_ID_INO, sb->id_ino);
+	put64(out + OFF_ID_CTIME, sb->id_ctime_ns);
 	put32(out + OFF_CRC, sb_checksum(out));
 }
 
@@ -102,6 +110,10 @@ int sb_decode(const uint8_t in[SB_SIZE], struct superblock *sb)
 	sb->volume_kind = get32(in + OFF_KIND);
 	sb->created = get64(in + OFF_CREATED);
 	sb->sequence = get64(in + OFF_SEQUENCE);
+	sb->state = get32(in + OFF_STATE);
+	sb->id_size = get64(in + OFF_ID_SIZE);
+	sb->id_ino = get64(in + OFF_ID_INO);
+	sb->id_ctime_ns = get64(in + OFF_ID_CTIME);
 
 	/* A correct checksum over nonsense is still nonsense. */
 	if (!sb_granularity_valid(sb->granularity) ||

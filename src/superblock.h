@@ -37,7 +37,15 @@ struct superblock {
 	uint32_t volume_kind;		/* enum sb_volume_kind */
 	uint64_t created;		/* unix seconds */
 	uint64_t sequence;		/* bumped on every rewrite */
+	uint32_t state;			/* SB_STATE_* */
+	/* The volume as it was at the last clean close, to detect changes
+	 * made while nothing tracked it (regular files only). */
+	uint64_t id_size;
+	uint64_t id_ino;
+	uint64_t id_ctime_ns;
 };
+
+#define SB_STATE_CLEAN 1u		/* closed cleanly; id_* are valid */
 
 /* True for a power of two within [SB_MIN_GRANULARITY, SB_MAX_GRANULARITY]. */
 int sb_granularity_valid(uint64_t granularity);

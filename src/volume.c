@@ -217,6 +217,25 @@ bool volume_zero_retryable(int64_t res)
 	       res == -ENOSYS;
 }
 
+int volume_identity(const struct volume *vol, struct volume_identity *id)
+{
+	struct stat st;
+
+	if (fstat(vol->fd, &st) < 0)
+		return -errno;
+	id->size = vol->size;
+	if (vol->kind == SB_KIND_FILE) {
+		id->size = (uint64_t)st.st_size;
+		id->ino = (uint64_t)st.st_ino;
+		id->ctime_ns = (uint64_t)st.st_ctim.tv_sec * 1000000000ull +
+			       (uint64_t)st.st_ctim.tv_nsec;
+	} else {
+		id->ino = 0;
+		id->ctime_ns = 0;
+	}
+	return 0;
+}
+
 void volume_cache(struct volume *vol, uint64_t off, uint64_t len)
 {
 	/* Advisory; a failure changes nothing the client can observe. */

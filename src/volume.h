@@ -63,6 +63,15 @@ int volume_prep_zero(struct volume *vol, struct vio_req *req, uint64_t off,
 /* True when a failed zeroing attempt should fall to the next step. */
 bool volume_zero_retryable(int64_t res);
 
+/* What identifies a volume's content from outside: size, inode, ctime.
+ * For block devices only the size means anything. */
+struct volume_identity {
+	uint64_t size;
+	uint64_t ino;
+	uint64_t ctime_ns;
+};
+int volume_identity(const struct volume *vol, struct volume_identity *id);
+
 /* Hint the kernel to read ahead [off, off+len); always succeeds. */
 void volume_cache(struct volume *vol, uint64_t off, uint64_t len);
 

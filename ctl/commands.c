@@ -1,0 +1,415 @@
+#include "commands.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "checkpoints.h"
+#include "intent.h"
+#include "mapfile.h"
+#include "metablock.h"
+#include "size.h"
+
+static int fail(FILE *out, int status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int fail(FILE *out, int status, const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("voltrack: ", out);
+	va_start(ap, fmt);
+	vfprintf(out, fmt, ap);
+	va_end(ap);
+	fputc('\n', out);
+	return status;
+}
+
+static void json_string(FILE *out, const char *s)
+{
+	/* Checkpoint names are restricted to safe characters; paths and
+	 * messages may not be. */
+	fputc('"', out);
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			fprintf(out, "\\%c", *s);
+		else if ((unsigned char)*s < 0x20)
+			fprintf(out, "\\u%04x", *s);
+		else
+			fputc(*s, out);
+	}
+	fputc('"', out);
+}
+
+static void iso_time(uint64_t t, char *buf, size_t len)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+
+	gmtime_r(&tt, &tm);
+	strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* Parse [--json] plus named string options; returns 0 or 2. */
+struct opts {
+	bool json;
+	const char *since, *until;
+	int first_arg;
+};
+
+static int parse_opts(int argc, char **argv, struct opts *o, bool allow_range, FILE *out)
+{
+	static const struct option longopts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "since", required_argument, NULL, 's' },
+		{ "until", required_argument, NULL, 'u' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c;
+
+	memset(o, 0, sizeof(*o));
+	optind = 1;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'j': o->json = true; break;
+		case 's': if (!allow_range) goto bad; o->since = optarg; break;
+		case 'u': if (!allow_range) goto bad; o->until = optarg; break;
+		default: goto bad;
+		}
+	}
+	o->first_arg = optind;
+	return 0;
+bad:
+	return fail(out, 2, "%s: unexpected option '%s'", argv[0], argv[optind - 1]);
+}
+
+static int cmd_checkpoint(struct tracker *t, int argc, char **argv, FILE *out)
+{
+	struct opts o;
+	struct checkpoint c;
+
+	if (parse_opts(argc, argv, &o, false, out))
+		return 2;
+	if (argc - o.first_arg != 1)
+		return fail(out, 2, "checkpoint takes one NAME");
+	const char *name = argv[o.first_arg];
+	int err = tracker_checkpoint(t, name, &c);
+	if (err == -EINVAL)
+		return fail(out, 2, "'%s' is not a valid checkpoint name "
+			    "(1-%d characters from A-Z a-z 0-9 . _ + @ : -)", name, CKPT_NAME_MAX);
+	if (err == -EEXIST)
+		return fail(out, 1, "checkpoint '%s' already exists", name);
+	if (err == -ENOSPC)
+		return fail(out, 1, "no room for another checkpoint: at most %d over a history",
+			    CKPT_MAX);
+	if (err)
+		return fail(out, 1, "cannot create checkpoint '%s': %s", name, strerror(-err));
+	if (o.json)
+		fprintf(out, "{\"name\":\"%s\",\"epoch\":%u,\"created\":%llu}\n", c.name, c.epoch,
+			(unsigned long long)c.created);
+	else
+		fprintf(out, "checkpoint %s created (epoch %u)\n", c.name, c.epoch);
+	return 0;
+}
+
+static int cmd_changes(struct tracker *t, int argc, char **argv, FILE *out)
+{
+	struct opts o;
+	uint8_t since, until;
+
+	if (parse_opts(argc, argv, &o, true, out))
+		return 2;
+	if (!o.since || argc != o.first_arg)
+		return fail(out, 2, "changes needs --since NAME and nothing else");
+	if (tracker_checkpoint_epoch(t, o.since, &since))
+		return fail(out, 1, "no checkpoint named '%s'", o.since);
+	if (o.until) {
+		if (tracker_checkpoint_epoch(t, o.until, &until))
+			return fail(out, 1, "no checkpoint named '%s'", o.until);
+		if (until < since)
+			return fail(out, 1, "checkpoint '%s' is older than '%s'", o.until, o.since);
+		/*
+		 * Only the latest write per block is kept, so a block written
+		 * after UNTIL may also have changed before it: such blocks are
+		 * reported, which keeps the answer a superset.
+		 */
+	}
+	const struct changemap *cm = tracker_map(t);
+	struct tracker_info info;
+	tracker_info(t, &info);
+	if (o.json)
+		fprintf(out, "{\"granularity\":%u,\"extents\":[", info.granularity);
+	bool first = true;
+	uint64_t off = 0, start = 0, len = 0;
+	while (off < cm->volume_size) {
+		bool changed;
+		uint64_t run = changemap_run(cm, off, cm->volume_size - off, since, &changed);
+		if (changed) {
+			if (len && start + len == off) {
+				len += run;
+			} else {
+				if (len) {
+					if (o.json)
+						fprintf(out, "%s{\"offset\":%llu,\"length\":%llu}",
+							first ? "" : ",", (unsigned long long)start,
+							(unsigned long long)len);
+					else
+						fprintf(out, "%llu %llu\n", (unsigned long long)start,
+							(unsigned long long)len);
+					first = false;
+				}
+				start = off;
+				len = run;
+			}
+		}
+		off += run;
+	}
+	if (len) {
+		if (o.json)
+			fprintf(out, "%s{\"offset\":%llu,\"length\":%llu}", first ? "" : ",",
+				(unsigned long long)start, (unsigned long long)len);
+		else
+			fprintf(out, "%llu %llu\n", (unsigned long long)start, (unsigned long long)len);
+	}
+	if (o.json)
+		fputs("]}\n", out);
+	return 0;
+}
+
+/* Changed bytes since each epoch, from one pass over the map. */
+static void changed_per_epoch(const struct changemap *cm, uint64_t since_bytes[256])
+{
+	uint64_t count[256] = { 0 };
+
+	for (uint64_t b = 0; b < cm->nblocks; b++)
+		count[atomic_load_explicit(&cm->epoch[b], memory_order_relaxed)]++;
+	uint64_t above = 0;
+	for (int e = 255; e >= 0; e--) {
+		since_bytes[e] = above << cm->gran_shift;
+		above += count[e];
+	}
+	/* The last block may be partial; count it exactly. */
+	uint64_t tail = cm->nblocks << cm->gran_shift;
+	if (tail > cm->volume_size) {
+		uint8_t last = atomic_load_explicit(&cm->epoch[cm->nblocks - 1], memory_order_relaxed);
+		for (int e = 0; e < last; e++)
+			since_bytes[e] -= tail - cm->volume_size;
+	}
+}
+
+static int cmd_list(struct tracker *t, int argc, char **argv, FILE *out)
+{
+	struct opts o;
+	struct checkpoint_list l;
+	uint64_t since[256];
+
+	if (parse_opts(argc, argv, &o, false, out))
+		return 2;
+	if (argc != o.first_arg)
+		return fail(out, 2, "list takes no arguments");
+	tracker_checkpoints(t, &l);
+	changed_per_epoch(tracker_map(t), since);
+	if (o.json)
+		fputs("[", out);
+	else if (l.n)
+		fprintf(out, "%-24s %5s  %-20s  %s\n", "NAME", "EPOCH", "CREATED", "CHANGED SINCE");
+	for (uint32_t i = 0; i < l.n; i++) {
+		const struct checkpoint *c = &l.items[i];
+		char when[32], sz[32];
+		iso_time(c->created, when, sizeof(when));
+		if (o.json) {
+			fprintf(out, "%s{\"name\":", i ? "," : "");
+			json_string(out, c->name);
+			fprintf(out, ",\"epoch\":%u,\"created\":\"%s\",\"changed-bytes\":%llu}",
+				c->epoch, when, (unsigned long long)since[c->epoch]);
+		} else {
+			size_format(since[c->epoch], sz, sizeof(sz));
+			fprintf(out, "%-24s %5u  %-20s  %llu (%s)\n", c->name, c->epoch, when,
+				(unsigned long long)since[c->epoch], sz);
+		}
+	}
+	if (o.json)
+		fputs("]\n", out);
+	else if (!l.n)
+		fputs("no checkpoints\n", out);
+	return 0;
+}
+
+static uint64_t dir_bytes(struct metadir *md)
+{
+	DIR *d = fdopendir(dup(metadir_fd(md)));
+	struct dirent *e;
+	uint64_t total = 0;
+
+	if (!d)
+		return 0;
+	rewinddir(d);
+	while ((e = readdir(d))) {
+		struct stat st;
+		if (fstatat(dirfd(d), e->d_name, &st, 0) == 0 && S_ISREG(st.st_mode))
+			total += (uint64_t)st.st_blocks * 512;
+	}
+	closedir(d);
+	return total;
+}
+
+static int cmd_status(struct tracker *t, struct metadir *md, int argc, char **argv, FILE *out)
+{
+	struct opts o;
+	struct tracker_info i;
+	char gen[VT_UUID_STRLEN], vol[VT_UUID_STRLEN], sz[32], gr[32], rs[32];
+
+	if (parse_opts(argc, argv, &o, false, out))
+		return 2;
+	if (argc != o.first_arg)
+		return fail(out, 2, "status takes no arguments");
+	tracker_info(t, &i);
+	vt_uuid_format(&i.generation, gen);
+	vt_uuid_format(&i.volume_uuid, vol);
+	size_format(i.volume_size, sz, sizeof(sz));
+	size_format(i.granularity, gr, sizeof(gr));
+	size_format(i.region_size, rs, sizeof(rs));
+	uint64_t meta = dir_bytes(md);
+	if (o.json) {
+		fprintf(out, "{\"volume-uuid\":\"%s\",\"generation\":\"%s\",\"size\":%llu,"
+			"\"granularity\":%u,\"state\":\"%s\",\"state-detail\":",
+			vol, gen, (unsigned long long)i.volume_size, i.granularity,
+			tracker_start_name(i.start));
+		json_string(out, i.start_detail);
+		fprintf(out, ",\"checkpoints\":%u,\"open-epoch\":%u,\"intent-regions-set\":%u,"
+			"\"intent-region-size\":%llu,\"regions-recovered\":%u,"
+			"\"unreadable-map-pages\":%u,\"metadata-bytes\":%llu,"
+			"\"last-persist-error\":",
+			i.checkpoints, i.open_epoch, i.regions_set,
+			(unsigned long long)i.region_size, i.regions_recovered, i.bad_pages,
+			(unsigned long long)meta);
+		json_string(out, i.last_persist_error ? strerror(-i.last_persist_error) : "");
+		fputs("}\n", out);
+		return 0;
+	}
+	fprintf(out, "volume uuid:        %s\n", vol);
+	fprintf(out, "generation:         %s\n", gen);
+	fprintf(out, "size:               %s (%llu bytes)\n", sz, (unsigned long long)i.volume_size);
+	fprintf(out, "granularity:        %s\n", gr);
+	fprintf(out, "state:              %s%s%s\n", tracker_start_name(i.start),
+		i.start_detail[0] ? ": " : "", i.start_detail);
+	fprintf(out, "checkpoints:        %u (open epoch %u)\n", i.checkpoints, i.open_epoch);
+	fprintf(out, "intent regions set: %u of %llu (%s each)\n", i.regions_set,
+		(unsigned long long)((i.volume_size + i.region_size - 1) / i.region_size), rs);
+	if (i.bad_pages)
+		fprintf(out, "unreadable pages:   %u (their ranges are reported changed)\n",
+			i.bad_pages);
+	fprintf(out, "metadata size:      %llu bytes\n", (unsigned long long)meta);
+	if (i.last_persist_error)
+		fprintf(out, "last persist error: %s\n", strerror(-i.last_persist_error));
+	return 0;
+}
+
+int ctl_run(struct tracker *t, struct metadir *md, int argc, char **argv, FILE *out)
+{
+	if (argc < 1)
+		return fail(out, 2, "no command");
+	if (!strcmp(argv[0], "checkpoint"))
+		return cmd_checkpoint(t, argc, argv, out);
+	if (!strcmp(argv[0], "changes"))
+		return cmd_changes(t, argc, argv, out);
+	if (!strcmp(argv[0], "list"))
+		return cmd_list(t, argc, argv, out);
+	if (!strcmp(argv[0], "status"))
+		return cmd_status(t, md, argc, argv, out);
+	return fail(out, 2, "unknown command '%s'", argv[0]);
+}
+
+/* ---- check ---- */
+
+static int check_intent(int dirfd, const struct superblock *sb, FILE *out)
+{
+	uint8_t *blk = aligned_alloc(MB_SIZE, 2 * MB_SIZE);
+	uint64_t seq;
+	int fd = openat(dirfd, INTENT_NAME, O_RDONLY | O_CLOEXEC), bad = 0;
+
+	if (!blk)
+		return 1;
+	if (fd < 0) {
+		fprintf(out, "intent: cannot open: %s\n", strerror(errno));
+		free(blk);
+		return 1;
+	}
+	ssize_t n = pread(fd, blk, 2 * MB_SIZE, 0);
+	close(fd);
+	if (n < 0)
+		n = 0;
+	if (n < 2 * MB_SIZE)
+		memset(blk + n, 0, 2 * MB_SIZE - (size_t)n);
+	int valid = 0;
+	for (int s = 0; s < 2; s++) {
+		if (mb_check(blk + s * MB_SIZE, "VTRKINTN", 0, mb_gen_tag(&sb->generation), &seq) == 0)
+			valid++;
+	}
+	if (valid) {
+		fprintf(out, "intent: ok\n");
+	} else {
+		fprintf(out, "intent: no valid copy: the whole volume would be reported changed\n");
+		bad = 1;
+	}
+	free(blk);
+	return bad;
+}
+
+int ctl_check(struct metadir *md, FILE *out)
+{
+	struct superblock sb;
+	struct checkpoint_list l;
+	struct mapfile_report rep;
+	int dirfd = metadir_fd(md), problems = 0, err;
+
+	err = metadir_read_superblock(md, &sb);
+	if (err) {
+		fprintf(out, "superblock: %s\n", err == -EBADMSG ? "corrupt (checksum or fields)" :
+			err == -EINVAL ? "not a voltrack superblock" :
+			err == -EPROTONOSUPPORT ? "written by a newer voltrack" : strerror(-err));
+		fprintf(out, "1 problem found\n");
+		return 1;
+	}
+	fprintf(out, "superblock: ok (sequence %llu, %s)\n", (unsigned long long)sb.sequence,
+		sb.state & SB_STATE_CLEAN ? "closed cleanly" : "in use or not closed cleanly");
+
+	err = checkpoints_load(dirfd, &sb, &l);
+	if (err) {
+		fprintf(out, "checkpoints: %s\n", strerror(-err));
+		problems++;
+	} else {
+		fprintf(out, "checkpoints: ok (%u, open epoch %u)\n", l.n, l.open_epoch);
+	}
+
+	uint64_t nblocks = (sb.volume_size + sb.granularity - 1) / sb.granularity;
+	err = mapfile_verify(dirfd, &sb, nblocks, &rep);
+	if (err) {
+		fprintf(out, "changemap: %s\n", err == -EBADMSG ?
+			"header does not match this volume or generation" : strerror(-err));
+		problems++;
+	} else if (rep.bad_pages) {
+		uint64_t per = (uint64_t)CM_PAGE_ENTRIES * sb.granularity;
+		fprintf(out, "changemap: %u page(s) with a damaged copy, first page %u "
+			"(bytes %llu-%llu); those ranges are reported changed\n", rep.bad_pages,
+			rep.first_bad, (unsigned long long)(rep.first_bad * per),
+			(unsigned long long)((rep.first_bad + 1) * per - 1));
+		problems++;
+	} else {
+		fprintf(out, "changemap: ok\n");
+	}
+	problems += check_intent(dirfd, &sb, out);
+	if (problems)
+		fprintf(out, "%d problem(s) found\n", problems);
+	else
+		fprintf(out, "metadata is sound\n");
+	return problems ? 1 : 0;
+}

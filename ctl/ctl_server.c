@@ -1,0 +1,237 @@
+#include "ctl_server.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "listen.h"
+#include "log.h"
+
+#define MAX_REQUEST (64 << 10)
+#define MAX_ARGS 64
+#define REQUEST_TIMEOUT_MS 5000
+
+struct ctl_server {
+	int listen_fd;
+	int stop_fd;
+	char *path;
+	struct tracker *t;
+	struct metadir *md;
+	pthread_t thread;
+};
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Read a request; returns its length, or -errno. */
+static int read_request(int fd, char *buf)
+{
+	uint64_t deadline = now_ms() + REQUEST_TIMEOUT_MS;
+	size_t len = 0;
+
+	for (;;) {
+		/* complete when it ends in two NULs (or is just one) */
+		if ((len == 1 && buf[0] == 0) || (len >= 2 && buf[len - 1] == 0 && buf[len - 2] == 0))
+			return (int)len;
+		if (len == MAX_REQUEST)
+			return -E2BIG;
+		uint64_t now = now_ms();
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		if (poll(&p, 1, (int)(deadline - now)) <= 0)
+			return -ETIMEDOUT;
+		ssize_t n = recv(fd, buf + len, MAX_REQUEST - len, MSG_DONTWAIT);
+		if (n == 0)
+			return -ECONNRESET;
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				continue;
+			return -errno;
+		}
+		len += (size_t)n;
+	}
+}
+
+static void serve_one(struct ctl_server *s, int fd)
+{
+	char *buf = malloc(MAX_REQUEST);
+	char *argv[MAX_ARGS];
+	char *text = NULL;
+	size_t text_len = 0;
+	int argc = 0, status;
+
+	if (!buf)
+		return;
+	int len = read_request(fd, buf);
+	FILE *out = open_memstream(&text, &text_len);
+	if (!out) {
+		free(buf);
+		return;
+	}
+	if (len < 0) {
+		fprintf(out, "voltrack: bad control request: %s\n", strerror(-len));
+		status = 2;
+	} else {
+		for (int pos = 0; pos < len - 1 && argc < MAX_ARGS; ) {
+			argv[argc++] = buf + pos;
+			pos += (int)strlen(buf + pos) + 1;
+		}
+		status = ctl_run(s->t, s->md, argc, argv, out);
+	}
+	fclose(out);
+	char code = (char)('0' + status);
+	if (send(fd, &code, 1, MSG_NOSIGNAL) == 1 && text_len) {
+		size_t sent = 0;
+		while (sent < text_len) {
+			ssize_t n = send(fd, text + sent, text_len - sent, MSG_NOSIGNAL);
+			if (n <= 0)
+				break;
+			sent += (size_t)n;
+		}
+	}
+	free(text);
+	free(buf);
+}
+
+static void *ctl_main(void *arg)
+{
+	struct ctl_server *s = arg;
+	struct pollfd p[2] = {
+		{ .fd = s->listen_fd, .events = POLLIN },
+		{ .fd = s->stop_fd, .events = POLLIN },
+	};
+
+	for (;;) {
+		if (poll(p, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (p[1].revents)
+			break;
+		if (!(p[0].revents & POLLIN))
+			continue;
+		int fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd < 0)
+			continue;
+		serve_one(s, fd);
+		close(fd);
+	}
+	return NULL;
+}
+
+int ctl_server_start(const char *path, struct tracker *t, struct metadir *md,
+		     struct ctl_server **out)
+{
+	struct ctl_server *s = calloc(1, sizeof(*s));
+	int err;
+
+	if (!s)
+		return -ENOMEM;
+	s->t = t;
+	s->md = md;
+	s->listen_fd = -1;
+	s->path = strdup(path);
+	s->stop_fd = eventfd(0, EFD_CLOEXEC);
+	if (!s->path || s->stop_fd < 0) {
+		err = -ENOMEM;
+		goto fail;
+	}
+	err = listen_unix(path, &s->listen_fd);
+	if (err)
+		goto fail;
+	err = -pthread_create(&s->thread, NULL, ctl_main, s);
+	if (err)
+		goto fail;
+	*out = s;
+	return 0;
+fail:
+	if (s->listen_fd >= 0) {
+		close(s->listen_fd);
+		unlink(path);
+	}
+	if (s->stop_fd >= 0)
+		close(s->stop_fd);
+	free(s->path);
+	free(s);
+	return err;
+}
+
+void ctl_server_stop(struct ctl_server *s)
+{
+	uint64_t one = 1;
+
+	if (!s)
+		return;
+	if (write(s->stop_fd, &one, sizeof(one)) < 0) {
+		/* a fresh eventfd cannot refuse */
+	}
+	pthread_join(s->thread, NULL);
+	close(s->listen_fd);
+	close(s->stop_fd);
+	unlink(s->path);
+	free(s->path);
+	free(s);
+}
+
+int ctl_client_call(const char *path, int argc, char **argv)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	char buf[65536];
+	int fd, status = -1;
+
+	if (strlen(path) >= sizeof(addr.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(addr.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	for (int i = 0; i < argc; i++)
+		if (send(fd, argv[i], strlen(argv[i]) + 1, MSG_NOSIGNAL) < 0)
+			goto broken;
+	if (send(fd, "", 1, MSG_NOSIGNAL) < 0)
+		goto broken;
+	for (;;) {
+		ssize_t n = recv(fd, buf, sizeof(buf), 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		size_t skip = 0;
+		if (status < 0) {
+			status = buf[0] - '0';
+			skip = 1;
+		}
+		if (fwrite(buf + skip, 1, (size_t)n - skip, status ? stderr : stdout)) {
+			/* partial output still beats none */
+		}
+	}
+	close(fd);
+	if (status < 0) {
+		fprintf(stderr, "voltrack: the server closed the control connection without answering\n");
+		return 1;
+	}
+	return status;
+broken:
+	close(fd);
+	return -ECONNRESET;
+}

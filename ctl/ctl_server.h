@@ -1,0 +1,32 @@
+/*
+ * ctl server: the control socket (META/control.sock) of a running
+ * `voltrack serve`, through which the CLI's tracking commands reach the
+ * live tracker.
+ *
+ * Wire format: the client sends its arguments, each terminated by a NUL
+ * byte, then one more NUL.  The server answers one byte, the exit status
+ * ('0', '1' or '2'), then the command's output, and closes.  Requests
+ * are bounded (64 KiB, 5 s) and served one at a time.
+ */
+#ifndef VOLTRACK_CTL_SERVER_H
+#define VOLTRACK_CTL_SERVER_H
+
+#include "metadir.h"
+#include "tracker.h"
+
+#define CTL_SOCKET_NAME "control.sock"
+
+struct ctl_server;
+
+int ctl_server_start(const char *path, struct tracker *t, struct metadir *md,
+		     struct ctl_server **out);
+void ctl_server_stop(struct ctl_server *s);
+
+/*
+ * Send argv to the server at path and copy its answer to stdout (or
+ * stderr for a failure).  Returns the exit status, or -errno when no
+ * server answers there.
+ */
+int ctl_client_call(const char *path, int argc, char **argv);
+
+#endif

@@ -1,0 +1,473 @@
+#include "intent.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "metablock.h"
+
+#define MAGIC "VTRKINTN"
+
+enum { IR_CLEAR, IR_PENDING, IR_DURABLE, IR_CLEARING };
+
+struct intent {
+	int fd;
+	uint64_t gen_tag;
+	unsigned region_shift;
+	uint32_t nregions;
+	_Atomic uint8_t *state;
+	atomic_uint *inflight;
+	atomic_uint *touch;
+
+	pthread_mutex_t lock;
+	pthread_cond_t work;		/* a commit is requested, or stopping */
+	pthread_cond_t committed;	/* a commit finished */
+	uint8_t *wanted;		/* bitmap the next commit writes */
+	uint8_t *snap;			/* bitmap of the commit in flight */
+	uint64_t started_gen, finished_gen;
+	int finished_err;
+	struct intent_wait *waiters;
+	bool requested, stopping, running;
+	pthread_t thread;
+
+	uint64_t seq;
+	unsigned cur_slot;
+	uint8_t *blk;
+};
+
+static bool bit(const uint8_t *map, uint32_t r)
+{
+	return map[r / 8] & (1u << (r % 8));
+}
+
+static void set_bit(uint8_t *map, uint32_t r, bool on)
+{
+	if (on)
+		map[r / 8] |= (uint8_t)(1u << (r % 8));
+	else
+		map[r / 8] &= (uint8_t)~(1u << (r % 8));
+}
+
+uint64_t intent_region_size(uint64_t volume_size)
+{
+	uint64_t r = INTENT_MIN_REGION;
+
+	while ((volume_size + r - 1) / r > INTENT_MAX_REGIONS)
+		r <<= 1;
+	return r;
+}
+
+/* Slot payload: nregions (4), reserved (4), region size (8), bitmap. */
+static void encode(uint8_t *blk, uint32_t nregions, uint64_t region, const uint8_t *bits,
+		   uint64_t seq, uint64_t tag)
+{
+	uint32_t n = htole32(nregions);
+	uint64_t rs = htole64(region);
+
+	memset(blk, 0, MB_SIZE);
+	memcpy(blk + MB_HEADER, &n, 4);
+	memcpy(blk + MB_HEADER + 8, &rs, 8);
+	if (bits)
+		memcpy(blk + MB_HEADER + 16, bits, (nregions + 7) / 8);
+	mb_seal(blk, MAGIC, 0, seq, tag);
+}
+
+static int geometry(const struct superblock *sb, uint64_t *region, uint32_t *nregions)
+{
+	*region = intent_region_size(sb->volume_size);
+	*nregions = (uint32_t)((sb->volume_size + *region - 1) / *region);
+	return 0;
+}
+
+int intent_create(int dirfd, const struct superblock *sb)
+{
+	uint8_t *blk = aligned_alloc(MB_SIZE, MB_SIZE);
+	uint64_t region;
+	uint32_t n;
+	int fd, err;
+
+	if (!blk)
+		return -ENOMEM;
+	geometry(sb, &region, &n);
+	fd = openat(dirfd, INTENT_NAME ".tmp", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		free(blk);
+		return -errno;
+	}
+	/* Both slots valid from the start: an invalid one later is damage
+	 * or a torn commit, never "not written yet". */
+	encode(blk, n, region, NULL, 1, mb_gen_tag(&sb->generation));
+	err = file_pwrite_full(fd, blk, MB_SIZE, 0);
+	encode(blk, n, region, NULL, 2, mb_gen_tag(&sb->generation));
+	if (!err)
+		err = file_pwrite_full(fd, blk, MB_SIZE, MB_SIZE);
+	if (!err && fdatasync(fd) < 0)
+		err = -errno;
+	close(fd);
+	if (!err && renameat(dirfd, INTENT_NAME ".tmp", dirfd, INTENT_NAME) < 0)
+		err = -errno;
+	if (!err && fsync(dirfd) < 0)
+		err = -errno;
+	free(blk);
+	return err;
+}
+
+int intent_open(int dirfd, const struct superblock *sb, struct intent **out,
+		uint32_t *set, bool *doubt)
+{
+	struct intent *in = calloc(1, sizeof(*in));
+	uint64_t region, seq[2];
+	uint32_t n;
+	bool ok[2] = { false, false };
+	int err = -ENOMEM;
+
+	*set = 0;
+	*doubt = false;
+	if (!in)
+		return -ENOMEM;
+	geometry(sb, &region, &n);
+	in->fd = -1;
+	in->gen_tag = mb_gen_tag(&sb->generation);
+	in->region_shift = (unsigned)__builtin_ctzll(region);
+	in->nregions = n;
+	in->state = calloc(n, 1);
+	in->inflight = calloc(n, sizeof(*in->inflight));
+	in->touch = calloc(n, sizeof(*in->touch));
+	in->wanted = calloc((n + 7) / 8, 1);
+	in->snap = calloc((n + 7) / 8, 1);
+	in->blk = aligned_alloc(MB_SIZE, 2 * MB_SIZE);
+	if (!in->state || !in->inflight || !in->touch || !in->wanted || !in->snap || !in->blk)
+		goto fail;
+	pthread_mutex_init(&in->lock, NULL);
+	pthread_cond_init(&in->work, NULL);
+	pthread_cond_init(&in->committed, NULL);
+
+	in->fd = openat(dirfd, INTENT_NAME, O_RDWR | O_CLOEXEC);
+	if (in->fd < 0) {
+		err = -errno;
+		goto fail;
+	}
+	err = pread(in->fd, in->blk, 2 * MB_SIZE, 0) < 0 ? -errno : 0;
+	if (err)
+		goto fail;
+	for (unsigned s = 0; s < 2; s++) {
+		const uint8_t *b = in->blk + s * MB_SIZE;
+		uint32_t nr;
+		uint64_t rs;
+		ok[s] = mb_check(b, MAGIC, 0, in->gen_tag, &seq[s]) == 0;
+		if (!ok[s])
+			continue;
+		memcpy(&nr, b + MB_HEADER, 4);
+		memcpy(&rs, b + MB_HEADER + 8, 8);
+		ok[s] = le32toh(nr) == n && le64toh(rs) == region;
+	}
+	/*
+	 * One bad slot is a commit torn by a crash or damage to the newest
+	 * copy; the survivor may lack regions that were set, so after an
+	 * unclean stop it cannot be trusted.  After a clean close every
+	 * region was cleared, and the survivor can only over-report.
+	 */
+	if ((!ok[0] && !ok[1]) || ((!ok[0] || !ok[1]) && !(sb->state & SB_STATE_CLEAN))) {
+		*doubt = true;
+		in->cur_slot = ok[0] ? 0 : 1;
+	} else {
+		unsigned s = ok[0] && (!ok[1] || seq[0] > seq[1]) ? 0 : 1;
+		in->cur_slot = s;
+		in->seq = seq[s];
+		memcpy(in->wanted, in->blk + s * MB_SIZE + MB_HEADER + 16, (n + 7) / 8);
+		for (uint32_t r = 0; r < n; r++) {
+			if (bit(in->wanted, r)) {
+				atomic_store(&in->state[r], IR_DURABLE);
+				(*set)++;
+			}
+		}
+	}
+	*out = in;
+	return 0;
+fail:
+	intent_close(in);
+	return err;
+}
+
+void intent_close(struct intent *in)
+{
+	if (!in)
+		return;
+	intent_stop(in);
+	if (in->fd >= 0)
+		close(in->fd);
+	if (in->state) {
+		pthread_cond_destroy(&in->committed);
+		pthread_cond_destroy(&in->work);
+		pthread_mutex_destroy(&in->lock);
+	}
+	free((void *)in->state);
+	free(in->inflight);
+	free(in->touch);
+	free(in->wanted);
+	free(in->snap);
+	free(in->blk);
+	free(in);
+}
+
+uint64_t intent_region_bytes(const struct intent *in)
+{
+	return 1ull << in->region_shift;
+}
+
+uint32_t intent_nregions(const struct intent *in)
+{
+	return in->nregions;
+}
+
+bool intent_region_set(const struct intent *in, uint32_t r)
+{
+	uint8_t st = atomic_load_explicit(&in->state[r], memory_order_relaxed);
+	return st == IR_DURABLE || st == IR_PENDING || st == IR_CLEARING;
+}
+
+uint32_t intent_count_set(struct intent *in)
+{
+	uint32_t n = 0;
+
+	for (uint32_t r = 0; r < in->nregions; r++)
+		n += intent_region_set(in, r);
+	return n;
+}
+
+/* Write `snap` into the older slot and make it durable.  Unlocked. */
+static int write_slot(struct intent *in)
+{
+	unsigned slot = in->cur_slot ^ 1;
+	int err;
+
+	encode(in->blk, in->nregions, intent_region_bytes(in), in->snap, in->seq + 1, in->gen_tag);
+	err = file_pwrite_full(in->fd, in->blk, MB_SIZE, (uint64_t)slot * MB_SIZE);
+	if (!err && fdatasync(in->fd) < 0)
+		err = -errno;
+	if (!err) {
+		in->seq++;
+		in->cur_slot = slot;
+	}
+	return err;
+}
+
+static void *committer(void *arg)
+{
+	struct intent *in = arg;
+
+	pthread_mutex_lock(&in->lock);
+	for (;;) {
+		while (!in->requested && !in->stopping)
+			pthread_cond_wait(&in->work, &in->lock);
+		if (!in->requested)
+			break;
+		in->requested = false;
+		uint64_t gen = ++in->started_gen;
+		memcpy(in->snap, in->wanted, (in->nregions + 7) / 8);
+		pthread_mutex_unlock(&in->lock);
+
+		int err = write_slot(in);
+
+		pthread_mutex_lock(&in->lock);
+		if (err) {
+			vt_error("write-intent commit failed: %s; writes into new regions fail with EIO",
+				 strerror(-err));
+		} else {
+			/* Only now may the in-memory states follow the disk. */
+			for (uint32_t r = 0; r < in->nregions; r++) {
+				uint8_t st = atomic_load(&in->state[r]);
+				if (bit(in->snap, r) && st == IR_PENDING)
+					atomic_store(&in->state[r], IR_DURABLE);
+				else if (!bit(in->snap, r) && st == IR_CLEARING)
+					atomic_store(&in->state[r], IR_CLEAR);
+			}
+		}
+		in->finished_gen = gen;
+		in->finished_err = err;
+		struct intent_wait *ready = NULL, **p = &in->waiters;
+		while (*p) {
+			struct intent_wait *w = *p;
+			if (w->need_gen <= gen) {
+				*p = w->next;
+				w->next = ready;
+				ready = w;
+			} else {
+				p = &w->next;
+			}
+		}
+		pthread_cond_broadcast(&in->committed);
+		pthread_mutex_unlock(&in->lock);
+		while (ready) {
+			struct intent_wait *w = ready;
+			ready = w->next;
+			w->ready(w, err);
+		}
+		pthread_mutex_lock(&in->lock);
+	}
+	pthread_mutex_unlock(&in->lock);
+	return NULL;
+}
+
+int intent_start(struct intent *in)
+{
+	int err = -pthread_create(&in->thread, NULL, committer, in);
+	if (!err)
+		in->running = true;
+	return err;
+}
+
+void intent_stop(struct intent *in)
+{
+	if (!in->running)
+		return;
+	pthread_mutex_lock(&in->lock);
+	in->stopping = true;
+	pthread_cond_signal(&in->work);
+	pthread_mutex_unlock(&in->lock);
+	pthread_join(in->thread, NULL);
+	in->running = false;
+}
+
+/* Request a commit and wait for it.  Called with the lock held. */
+static int commit_locked(struct intent *in)
+{
+	uint64_t need = in->started_gen + 1;
+
+	if (!in->running) {
+		/* No committer (offline use): write it here. */
+		memcpy(in->snap, in->wanted, (in->nregions + 7) / 8);
+		int err = write_slot(in);
+		for (uint32_t r = 0; !err && r < in->nregions; r++) {
+			uint8_t st = atomic_load(&in->state[r]);
+			if (bit(in->snap, r) && st == IR_PENDING)
+				atomic_store(&in->state[r], IR_DURABLE);
+			else if (!bit(in->snap, r) && st == IR_CLEARING)
+				atomic_store(&in->state[r], IR_CLEAR);
+		}
+		return err;
+	}
+	in->requested = true;
+	pthread_cond_signal(&in->work);
+	while (in->finished_gen < need)
+		pthread_cond_wait(&in->committed, &in->lock);
+	return in->finished_err;
+}
+
+int intent_begin(struct intent *in, uint64_t off, uint64_t len, struct intent_wait *w)
+{
+	uint32_t r0 = (uint32_t)(off >> in->region_shift);
+	uint32_t r1 = (uint32_t)((off + (len ? len - 1 : 0)) >> in->region_shift);
+	bool slow = false;
+
+	if (r1 >= in->nregions)
+		r1 = in->nregions - 1;
+	for (uint32_t r = r0; r <= r1; r++)
+		atomic_fetch_add(&in->inflight[r], 1);
+	for (uint32_t r = r0; r <= r1; r++)
+		if (atomic_load(&in->state[r]) != IR_DURABLE)
+			slow = true;
+	if (!slow)
+		return 0;
+
+	pthread_mutex_lock(&in->lock);
+	bool all = true;
+	for (uint32_t r = r0; r <= r1; r++) {
+		uint8_t st = atomic_load(&in->state[r]);
+		if (st == IR_DURABLE)
+			continue;
+		all = false;
+		atomic_store(&in->state[r], IR_PENDING);
+		set_bit(in->wanted, r, true);
+	}
+	if (all) {
+		pthread_mutex_unlock(&in->lock);
+		return 0;
+	}
+	if (!in->running) {
+		int err = commit_locked(in);
+		pthread_mutex_unlock(&in->lock);
+		return err;
+	}
+	w->need_gen = in->started_gen + 1;
+	w->next = in->waiters;
+	in->waiters = w;
+	in->requested = true;
+	pthread_cond_signal(&in->work);
+	pthread_mutex_unlock(&in->lock);
+	return 1;
+}
+
+void intent_end(struct intent *in, uint64_t off, uint64_t len, unsigned tick)
+{
+	uint32_t r0 = (uint32_t)(off >> in->region_shift);
+	uint32_t r1 = (uint32_t)((off + (len ? len - 1 : 0)) >> in->region_shift);
+
+	if (r1 >= in->nregions)
+		r1 = in->nregions - 1;
+	for (uint32_t r = r0; r <= r1; r++) {
+		if (atomic_load_explicit(&in->touch[r], memory_order_relaxed) != tick)
+			atomic_store_explicit(&in->touch[r], tick, memory_order_relaxed);
+		atomic_fetch_sub(&in->inflight[r], 1);
+	}
+}
+
+int intent_clear_idle(struct intent *in, unsigned before)
+{
+	int n = 0, err = 0;
+
+	pthread_mutex_lock(&in->lock);
+	for (uint32_t r = 0; r < in->nregions; r++) {
+		uint8_t expect = IR_DURABLE;
+		if ((int)(atomic_load(&in->touch[r]) - before) >= 0)
+			continue; /* touched at or after `before` */
+		if (!atomic_compare_exchange_strong(&in->state[r], &expect, IR_CLEARING))
+			continue;
+		if (atomic_load(&in->inflight[r]) != 0) {
+			atomic_store(&in->state[r], IR_DURABLE); /* a writer is there */
+			continue;
+		}
+		set_bit(in->wanted, r, false);
+		n++;
+	}
+	if (n)
+		err = commit_locked(in);
+	pthread_mutex_unlock(&in->lock);
+	return err ? err : n;
+}
+
+int intent_clear_all(struct intent *in)
+{
+	int err;
+
+	pthread_mutex_lock(&in->lock);
+	for (uint32_t r = 0; r < in->nregions; r++) {
+		uint8_t st = atomic_load(&in->state[r]);
+		if (st != IR_CLEAR)
+			atomic_store(&in->state[r], IR_CLEARING);
+	}
+	memset(in->wanted, 0, (in->nregions + 7) / 8);
+	err = commit_locked(in);
+	pthread_mutex_unlock(&in->lock);
+	return err;
+}
+
+int intent_set_all(struct intent *in)
+{
+	int err;
+
+	pthread_mutex_lock(&in->lock);
+	for (uint32_t r = 0; r < in->nregions; r++) {
+		if (atomic_load(&in->state[r]) != IR_DURABLE)
+			atomic_store(&in->state[r], IR_PENDING);
+		set_bit(in->wanted, r, true);
+	}
+	err = commit_locked(in);
+	pthread_mutex_unlock(&in->lock);
+	return err;
+}

@@ -1,0 +1,90 @@
+/*
+ * intent: the durable write-intent map (META/intent).
+ *
+ * The volume is cut into regions (64 MiB or more).  Before the first
+ * data write into a region is issued, the region's bit must be durable
+ * on disk; recovery counts every block of a marked region as changed,
+ * so data can never reach the disk unrecorded (I1).  Concurrent first
+ * writers share one commit: a committer thread writes the whole bitmap
+ * into the older of two checksummed slots and fdatasyncs it.
+ *
+ * Region states (per region, atomic):
+ *   CLEAR     bit not set (or being cleared on disk)
+ *   PENDING   wanted; writers wait for the commit that includes it
+ *   DURABLE   set on disk; writers go straight through
+ *   CLEARING  a clear of the bit is being decided or committed
+ *
+ * The fast path is two atomics: inflight[r]++ and a load of state[r].
+ * Clearing does the mirror image: state DURABLE->CLEARING, then a load
+ * of inflight[r], backing off if a writer is there.  With sequentially
+ * consistent ordering at least one side sees the other, so a region is
+ * never cleared under a write that believed it durable.
+ */
+#ifndef VOLTRACK_INTENT_H
+#define VOLTRACK_INTENT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "superblock.h"
+
+#define INTENT_NAME "intent"
+#define INTENT_MIN_REGION (64ull << 20)
+#define INTENT_MAX_REGIONS 32384u	/* bits that fit one metadata block */
+
+struct intent_wait {
+	/* Called on the committer thread once the regions are durable, or
+	 * with -errno when the commit failed (the write must not be issued). */
+	void (*ready)(struct intent_wait *w, int err);
+	struct intent_wait *next;
+	uint64_t need_gen;
+};
+
+struct intent;
+
+/* Region size for a volume: a power of two, at least 64 MiB. */
+uint64_t intent_region_size(uint64_t volume_size);
+
+/* An empty intent file. */
+int intent_create(int dirfd, const struct superblock *sb);
+
+/*
+ * Open and load.  Regions set on disk start DURABLE; *set receives how
+ * many.  When neither slot is valid the file cannot be trusted: the
+ * intent starts empty and *doubt is set, and the caller must count the
+ * whole volume as changed.
+ */
+int intent_open(int dirfd, const struct superblock *sb, struct intent **out,
+		uint32_t *set, bool *doubt);
+void intent_close(struct intent *in);
+
+int intent_start(struct intent *in);	/* the committer thread */
+void intent_stop(struct intent *in);
+
+uint64_t intent_region_bytes(const struct intent *in);
+uint32_t intent_nregions(const struct intent *in);
+bool intent_region_set(const struct intent *in, uint32_t r);
+uint32_t intent_count_set(struct intent *in);
+
+/* 0: go ahead now.  1: parked, w->ready() follows.  Always pair with
+ * intent_end(), whatever the outcome. */
+int intent_begin(struct intent *in, uint64_t off, uint64_t len, struct intent_wait *w);
+void intent_end(struct intent *in, uint64_t off, uint64_t len, unsigned tick);
+
+/*
+ * Clear the regions no write has touched since tick `before` (exclusive)
+ * and that have no write in flight, and wait for the commit.  The caller
+ * guarantees the change map as of tick `before` is durable.  Returns
+ * the number cleared, or -errno.
+ */
+int intent_clear_idle(struct intent *in, unsigned before);
+
+/* With no writes in flight: clear everything, durably. */
+int intent_clear_all(struct intent *in);
+
+/* Mark every region set: used when the map itself cannot be trusted. */
+int intent_set_all(struct intent *in);
+
+#endif

@@ -1,0 +1,327 @@
+#include "mapfile.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define HDR_MAGIC "VTRKMAPH"
+#define PAGE_MAGIC "VTRKMAPP"
+#define SLOT_NONE 2
+#define READ_BATCH 128	/* slots per pread when loading */
+
+struct mapfile {
+	int fd;
+	uint32_t npages;
+	uint64_t gen_tag;
+	uint64_t seq;
+	uint8_t *cur;		/* per page: newest valid slot, or SLOT_NONE */
+	uint8_t *heal;		/* per page: a slot is damaged; rewrite both */
+	uint8_t *buf;
+};
+
+/* Header payload: nblocks (8), granularity (4), npages (4), page entries (4). */
+static void header_fill(uint8_t blk[MB_SIZE], const struct superblock *sb,
+			const struct changemap *cm)
+{
+	uint64_t nb = htole64(cm->nblocks);
+	uint32_t g = htole32(sb->granularity), np = htole32(cm->npages),
+		 pe = htole32(CM_PAGE_ENTRIES);
+
+	memset(blk, 0, MB_SIZE);
+	memcpy(blk + MB_HEADER, &nb, 8);
+	memcpy(blk + MB_HEADER + 8, &g, 4);
+	memcpy(blk + MB_HEADER + 12, &np, 4);
+	memcpy(blk + MB_HEADER + 16, &pe, 4);
+	mb_seal(blk, HDR_MAGIC, 0, 1, mb_gen_tag(&sb->generation));
+}
+
+static uint64_t slot_offset(uint32_t page, unsigned slot)
+{
+	return (uint64_t)MB_SIZE * (1 + 2 * (uint64_t)page + slot);
+}
+
+static void page_fill(uint8_t blk[MB_SIZE], const struct changemap *cm, uint32_t page,
+		      uint64_t seq, uint64_t tag)
+{
+	uint64_t first = (uint64_t)page * CM_PAGE_ENTRIES;
+	uint32_t n = changemap_page_blocks(cm, page);
+
+	for (uint32_t i = 0; i < n; i++)
+		blk[MB_HEADER + i] = atomic_load_explicit(&cm->epoch[first + i],
+							  memory_order_relaxed);
+	memset(blk + MB_HEADER + n, 0, CM_PAGE_ENTRIES - n);
+	mb_seal(blk, PAGE_MAGIC, page, seq, tag);
+}
+
+int mapfile_create(int dirfd, const struct superblock *sb, const struct changemap *cm)
+{
+	uint8_t *blk = aligned_alloc(MB_SIZE, MB_SIZE);
+	uint64_t tag = mb_gen_tag(&sb->generation);
+	int fd, err = 0;
+
+	if (!blk)
+		return -ENOMEM;
+	fd = openat(dirfd, MAPFILE_NAME ".tmp", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		free(blk);
+		return -errno;
+	}
+	header_fill(blk, sb, cm);
+	err = file_pwrite_full(fd, blk, MB_SIZE, 0);
+	/* Both slots of every page hold a valid copy from the start, so an
+	 * invalid slot later always means damage or a torn write. */
+	for (uint32_t p = 0; !err && p < cm->npages; p++) {
+		for (unsigned slot = 0; !err && slot < 2; slot++) {
+			page_fill(blk, cm, p, 1 + slot, tag);
+			err = file_pwrite_full(fd, blk, MB_SIZE, slot_offset(p, slot));
+		}
+	}
+	if (!err && fdatasync(fd) < 0)
+		err = -errno;
+	close(fd);
+	if (!err && renameat(dirfd, MAPFILE_NAME ".tmp", dirfd, MAPFILE_NAME) < 0)
+		err = -errno;
+	if (!err && fsync(dirfd) < 0)
+		err = -errno;
+	if (err)
+		unlinkat(dirfd, MAPFILE_NAME ".tmp", 0);
+	free(blk);
+	return err;
+}
+
+static int check_header(int fd, const struct superblock *sb, uint64_t nblocks,
+			uint32_t npages, uint8_t *blk)
+{
+	uint64_t seq, nb;
+	uint32_t g, np, pe;
+	int err = file_pread_full(fd, blk, MB_SIZE, 0);
+
+	if (err)
+		return err;
+	if (mb_check(blk, HDR_MAGIC, 0, mb_gen_tag(&sb->generation), &seq))
+		return -EBADMSG;
+	memcpy(&nb, blk + MB_HEADER, 8);
+	memcpy(&g, blk + MB_HEADER + 8, 4);
+	memcpy(&np, blk + MB_HEADER + 12, 4);
+	memcpy(&pe, blk + MB_HEADER + 16, 4);
+	if (le64toh(nb) != nblocks || le32toh(g) != sb->granularity ||
+	    le32toh(np) != npages || le32toh(pe) != CM_PAGE_ENTRIES)
+		return -EBADMSG;
+	return 0;
+}
+
+/*
+ * Walk every page, calling found(page, newest valid slot's block) or
+ * lost(page).  Reads in batches: a 1 TiB volume has 4000 pages.
+ */
+static int scan_pages(int fd, uint32_t npages, uint64_t tag, uint64_t *max_seq,
+		      void (*found)(void *arg, uint32_t page, unsigned slot, const uint8_t *blk),
+		      void (*damaged)(void *arg, uint32_t page), void *arg)
+{
+	uint8_t *batch = aligned_alloc(MB_SIZE, (size_t)MB_SIZE * 2 * READ_BATCH);
+
+	if (!batch)
+		return -ENOMEM;
+	for (uint32_t p0 = 0; p0 < npages; p0 += READ_BATCH) {
+		uint32_t n = npages - p0 < READ_BATCH ? npages - p0 : READ_BATCH;
+		size_t len = (size_t)MB_SIZE * 2 * n;
+		ssize_t got = pread(fd, batch, len, (off_t)slot_offset(p0, 0));
+		if (got < 0) {
+			int err = -errno;
+			free(batch);
+			return err;
+		}
+		if ((size_t)got < len) /* truncated file: the rest reads as garbage */
+			memset(batch + got, 0, len - (size_t)got);
+		for (uint32_t i = 0; i < n; i++) {
+			uint64_t s[2];
+			const uint8_t *b[2] = { batch + (size_t)MB_SIZE * 2 * i,
+						batch + (size_t)MB_SIZE * (2 * i + 1) };
+			bool ok0 = mb_check(b[0], PAGE_MAGIC, p0 + i, tag, &s[0]) == 0;
+			bool ok1 = mb_check(b[1], PAGE_MAGIC, p0 + i, tag, &s[1]) == 0;
+			if (ok0 || ok1) {
+				unsigned slot = ok0 && (!ok1 || s[0] > s[1]) ? 0 : 1;
+				if (s[slot] > *max_seq)
+					*max_seq = s[slot];
+				found(arg, p0 + i, slot, b[slot]);
+			}
+			/* One bad slot may be a write torn by a crash, or rot
+			 * of the newest copy: the other slot could then be
+			 * stale, so the page is doubted either way. */
+			if (!ok0 || !ok1)
+				damaged(arg, p0 + i);
+		}
+	}
+	free(batch);
+	return 0;
+}
+
+struct load_ctx {
+	struct mapfile *mf;
+	struct changemap *cm;
+	struct mapfile_report *rep;
+};
+
+static void load_found(void *arg, uint32_t page, unsigned slot, const uint8_t *blk)
+{
+	struct load_ctx *c = arg;
+
+	if (c->mf)
+		c->mf->cur[page] = (uint8_t)slot;
+	if (!c->cm)
+		return; /* only verifying */
+	uint64_t first = (uint64_t)page * CM_PAGE_ENTRIES;
+	uint32_t n = changemap_page_blocks(c->cm, page);
+	for (uint32_t i = 0; i < n; i++)
+		atomic_store_explicit(&c->cm->epoch[first + i], blk[MB_HEADER + i],
+				      memory_order_relaxed);
+}
+
+static void load_damaged(void *arg, uint32_t page)
+{
+	struct load_ctx *c = arg;
+
+	if (c->mf)
+		c->mf->heal[page] = 1;
+	if (c->rep->bad_pages++ == 0)
+		c->rep->first_bad = page;
+}
+
+int mapfile_open(int dirfd, const struct superblock *sb, struct changemap *cm,
+		 struct mapfile **out, struct mapfile_report *rep)
+{
+	struct mapfile *mf = calloc(1, sizeof(*mf));
+	int err;
+
+	memset(rep, 0, sizeof(*rep));
+	if (!mf)
+		return -ENOMEM;
+	mf->npages = cm->npages;
+	mf->gen_tag = mb_gen_tag(&sb->generation);
+	mf->cur = malloc(cm->npages ? cm->npages : 1);
+	mf->heal = calloc(cm->npages ? cm->npages : 1, 1);
+	mf->buf = aligned_alloc(MB_SIZE, MB_SIZE);
+	mf->fd = openat(dirfd, MAPFILE_NAME, O_RDWR | O_CLOEXEC);
+	if (!mf->cur || !mf->heal || !mf->buf || mf->fd < 0) {
+		err = mf->fd < 0 && mf->cur && mf->heal && mf->buf ? -errno : -ENOMEM;
+		goto fail;
+	}
+	memset(mf->cur, SLOT_NONE, cm->npages ? cm->npages : 1);
+	err = check_header(mf->fd, sb, cm->nblocks, cm->npages, mf->buf);
+	if (err)
+		goto fail;
+	struct load_ctx ctx = { mf, cm, rep };
+	err = scan_pages(mf->fd, cm->npages, mf->gen_tag, &mf->seq, load_found, load_damaged, &ctx);
+	if (err)
+		goto fail;
+	*out = mf;
+	return 0;
+fail:
+	mapfile_close(mf);
+	return err;
+}
+
+void mapfile_mark_lost(struct mapfile *mf, struct changemap *cm, uint8_t e)
+{
+	for (uint32_t p = 0; p < mf->npages; p++)
+		if (mf->heal[p])
+			changemap_raise_page(cm, p, e);
+}
+
+int mapfile_persist(struct mapfile *mf, struct changemap *cm)
+{
+	uint32_t *written = NULL;
+	uint32_t nwritten = 0, cap = 0;
+	uint64_t seq = mf->seq;
+	int err = 0;
+
+	for (uint32_t p = 0; p < mf->npages && !err; p++) {
+		/* Acquire pairs with the marker's release: the copy below
+		 * sees every mark made before the flag was set. */
+		if (!atomic_exchange_explicit(&cm->page_dirty[p], false, memory_order_acquire))
+			continue;
+		if (nwritten == cap) {
+			cap = cap ? 2 * cap : 64;
+			uint32_t *grown = realloc(written, cap * sizeof(*written));
+			if (!grown) {
+				atomic_store(&cm->page_dirty[p], true);
+				err = -ENOMEM;
+				break;
+			}
+			written = grown;
+		}
+		written[nwritten++] = p;
+		unsigned slot = mf->cur[p] == 0 ? 1 : 0;
+		seq += 2;
+		page_fill(mf->buf, cm, p, seq, mf->gen_tag);
+		err = file_pwrite_full(mf->fd, mf->buf, MB_SIZE, slot_offset(p, slot));
+		if (!err && mf->heal[p]) {
+			/* Damaged page: replace the other copy too, one older. */
+			page_fill(mf->buf, cm, p, seq - 1, mf->gen_tag);
+			err = file_pwrite_full(mf->fd, mf->buf, MB_SIZE, slot_offset(p, slot ^ 1));
+		}
+	}
+	if (!err && nwritten && fdatasync(mf->fd) < 0)
+		err = -errno;
+	for (uint32_t i = 0; i < nwritten; i++) {
+		uint32_t p = written[i];
+		if (err) {
+			atomic_store(&cm->page_dirty[p], true); /* try again next time */
+		} else {
+			mf->cur[p] = mf->cur[p] == 0 ? 1 : 0;
+			mf->heal[p] = 0;
+		}
+	}
+	if (!err)
+		mf->seq = seq;
+	free(written);
+	return err;
+}
+
+uint64_t mapfile_sequence(const struct mapfile *mf)
+{
+	return mf->seq;
+}
+
+void mapfile_close(struct mapfile *mf)
+{
+	if (!mf)
+		return;
+	if (mf->fd >= 0)
+		close(mf->fd);
+	free(mf->cur);
+	free(mf->heal);
+	free(mf->buf);
+	free(mf);
+}
+
+int mapfile_verify(int dirfd, const struct superblock *sb, uint64_t nblocks,
+		   struct mapfile_report *rep)
+{
+	uint32_t npages = (uint32_t)((nblocks + CM_PAGE_ENTRIES - 1) / CM_PAGE_ENTRIES);
+	uint8_t *blk = aligned_alloc(MB_SIZE, MB_SIZE);
+	uint64_t seq = 0;
+	int fd, err;
+
+	memset(rep, 0, sizeof(*rep));
+	if (!blk)
+		return -ENOMEM;
+	fd = openat(dirfd, MAPFILE_NAME, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		free(blk);
+		return -errno;
+	}
+	err = check_header(fd, sb, nblocks, npages, blk);
+	if (!err) {
+		struct load_ctx ctx = { NULL, NULL, rep };
+		err = scan_pages(fd, npages, mb_gen_tag(&sb->generation), &seq,
+				 load_found, load_damaged, &ctx);
+	}
+	close(fd);
+	free(blk);
+	return err;
+}

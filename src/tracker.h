@@ -1,0 +1,109 @@
+/*
+ * tracker: crash-safe changed-block tracking for one volume.
+ *
+ * Ties together the in-memory change map, its persistent copy, the
+ * write-intent map and the checkpoint list, all in the metadata
+ * directory.  The I/O path calls tracker_write_begin() before issuing
+ * any write, TRIM or WRITE_ZEROES and tracker_write_end() once it has
+ * finished, failed or been abandoned.  Between the two, the covered
+ * blocks are marked in the open epoch, and the data write is not issued
+ * before its region's intent is durable.
+ *
+ * Opening recovers: the persisted map, plus every block of every region
+ * whose intent is set, counted as changed in the open epoch.  Anything
+ * that cannot be trusted (a corrupt page, a volume changed while nothing
+ * tracked it, unreadable metadata) is counted as changed too, and said
+ * in the log and in tracker_info().  See doc/tracking.md.
+ */
+#ifndef VOLTRACK_TRACKER_H
+#define VOLTRACK_TRACKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "changemap.h"
+#include "checkpoints.h"
+#include "intent.h"
+#include "mapfile.h"
+#include "metadir.h"
+#include "superblock.h"
+#include "volume.h"
+
+/* Create the tracking files for a freshly written superblock. */
+int tracker_format(struct metadir *md, const struct superblock *sb);
+
+enum tracker_start {
+	TRACKER_START_CLEAN,		/* closed cleanly, volume unchanged */
+	TRACKER_START_RECOVERED,	/* after a crash: intent regions counted */
+	TRACKER_START_OFFLINE_CHANGE,	/* modified untracked: all changed */
+	TRACKER_START_RESET,		/* metadata unreadable: history reset */
+};
+
+const char *tracker_start_name(enum tracker_start s);
+
+struct tracker_info {
+	enum tracker_start start;
+	char start_detail[160];		/* why, in words, for non-clean starts */
+	uint32_t bad_pages;		/* map pages reported changed for doubt */
+	uint32_t regions_recovered;	/* intent regions counted at start */
+	uint32_t regions_set;		/* intent regions set now */
+	uint64_t region_size;
+	uint32_t granularity;
+	uint64_t volume_size;
+	uint8_t open_epoch;
+	uint32_t checkpoints;
+	struct vt_uuid generation;
+	struct vt_uuid volume_uuid;
+	int last_persist_error;
+};
+
+struct tracker_config {
+	unsigned persist_interval_ms;	/* how often the map is written */
+	unsigned idle_ticks;		/* persists a region must sit idle before clearing */
+};
+
+void tracker_config_defaults(struct tracker_config *cfg);
+
+struct tracker;
+
+/*
+ * Open with the metadata directory locked by the caller.  `id` is the
+ * volume as it is now.  With `live`, the flusher and committer threads
+ * run and the superblock is marked in use before this returns.
+ */
+int tracker_open(struct metadir *md, const struct volume_identity *id, bool live,
+		 const struct tracker_config *cfg, struct tracker **out);
+
+/* Persist everything and mark the superblock clean with `id`.  No
+ * writes may be in flight.  Frees the tracker even on error. */
+int tracker_close(struct tracker *t, const struct volume_identity *id);
+
+/* Stop and free without marking anything clean (error paths): the next
+ * open recovers as after a crash. */
+void tracker_abandon(struct tracker *t);
+
+/* 0: issue now.  1: parked; w->ready() follows from another thread.
+ * <0: do not issue.  Always followed by tracker_write_end(). */
+int tracker_write_begin(struct tracker *t, uint64_t off, uint64_t len,
+			struct intent_wait *w);
+void tracker_write_end(struct tracker *t, uint64_t off, uint64_t len);
+
+/* Ask for an early persist (after a FLUSH); does not wait. */
+void tracker_nudge(struct tracker *t);
+
+/* -EEXIST for a taken name, -EINVAL for a bad one, -ENOSPC when
+ * CKPT_MAX exist. */
+int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *out);
+
+/* A consistent copy of the checkpoint list. */
+void tracker_checkpoints(struct tracker *t, struct checkpoint_list *out);
+
+/* The epoch a checkpoint closed, or -ENOENT. */
+int tracker_checkpoint_epoch(struct tracker *t, const char *name, uint8_t *epoch);
+
+const struct changemap *tracker_map(const struct tracker *t);
+void tracker_info(struct tracker *t, struct tracker_info *info);
+
+#endif
