@@ -2,6 +2,7 @@
 #   make          build build/voltrack
 #   make check    every test: plain build, then ASan+UBSan, then TSan
 #   make demo     build, create a demo volume, serve it
+#   make torture  1000 kill -9 crash trials
 #   make bench    voltrack against nbdkit and qemu-storage-daemon
 
 BUILD      ?= build
@@ -9,7 +10,7 @@ BUILD_ASAN ?= build-asan
 BUILD_TSAN ?= build-tsan
 MESON      ?= meson
 
-.PHONY: all check check-fast bench demo deps clean
+.PHONY: all check check-fast torture bench demo deps clean
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -38,6 +39,11 @@ check: deps all $(BUILD_ASAN)/build.ninja $(BUILD_TSAN)/build.ninja
 # Just the plain build, for a quick edit-test loop.
 check-fast: all
 	$(MESON) test -C $(BUILD) --print-errorlogs
+
+# Long crash runs: 1000 kill -9 trials (about an hour).
+torture: all
+	VOLTRACK=$(BUILD)/voltrack VOLTRACK_CRASH_TRIALS=$${TRIALS:-1000} PATH=/usr/bin:$$PATH \
+		tests/integration/crash.py
 
 bench: deps all
 	bench/run.sh

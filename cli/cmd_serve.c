@@ -28,6 +28,7 @@ struct serve_opts {
 	const char *listen;
 	bool read_only;
 	bool no_track;
+	unsigned persist_ms;
 	struct nbd_server_config cfg;
 };
 
@@ -43,6 +44,7 @@ static int parse(int argc, char **argv, struct serve_opts *o)
 		{ "handshake-timeout", required_argument, NULL, 't' },
 		{ "read-only", no_argument, NULL, 'r' },
 		{ "no-track", no_argument, NULL, 'n' },
+		{ "persist-interval", required_argument, NULL, 'p' },
 		{ NULL, 0, NULL, 0 },
 	};
 	unsigned v;
@@ -57,6 +59,12 @@ static int parse(int argc, char **argv, struct serve_opts *o)
 		case 'l': o->listen = optarg; break;
 		case 'r': o->read_only = true; break;
 		case 'n': o->no_track = true; break;
+		case 'p':
+			if (cli_parse_uint("--persist-interval", optarg, 3600000, &v) || v < 10)
+				return v < 10 ? cli_usage("serve", "--persist-interval is at least 10 ms")
+					      : EXIT_USAGE;
+			o->persist_ms = v;
+			break;
 		case 'e':
 			if (!strcmp(optarg, "auto"))
 				o->cfg.backend = VIO_BACKEND_AUTO;
@@ -129,7 +137,21 @@ static int open_volume(const struct serve_opts *o, struct metadir **md,
 	if (err)
 		return cli_fail("%s/superblock is corrupt (%s); 'voltrack init --force' starts over",
 				*meta_path, strerror(-err));
-	err = volume_open(o->volume, VOLUME_EXCLUSIVE | (o->read_only ? VOLUME_READ_ONLY : 0), vol);
+	/*
+	 * We hold the metadata lock, so a busy volume lock is either a
+	 * server using other metadata, or one that just died: the kernel
+	 * releases a killed process's io_uring, and with it the file, a
+	 * moment after the process is gone.  Give the latter time.
+	 */
+	for (int tries = 0;; tries++) {
+		err = volume_open(o->volume, VOLUME_EXCLUSIVE | (o->read_only ? VOLUME_READ_ONLY : 0),
+				  vol);
+		if (err != -EBUSY || tries == 50)
+			break;
+		if (tries == 0)
+			vt_info("%s is still locked; waiting for its previous user to go", o->volume);
+		usleep(100000);
+	}
 	if (err == -EBUSY)
 		return cli_fail("%s is locked by another process", o->volume);
 	if (err)
@@ -214,6 +236,8 @@ int cmd_serve(int argc, char **argv)
 		struct tracker_config tcfg;
 		struct volume_identity id;
 		tracker_config_defaults(&tcfg);
+		if (o.persist_ms)
+			tcfg.persist_interval_ms = o.persist_ms;
 		err = volume_identity(vol, &id);
 		if (!err)
 			err = tracker_open(md, &id, true, &tcfg, &tracker);

@@ -353,11 +353,18 @@ static int check_intent(int dirfd, const struct superblock *sb, FILE *out)
 	for (int s = 0; s < 2; s++) {
 		if (mb_check(blk + s * MB_SIZE, "VTRKINTN", 0, mb_gen_tag(&sb->generation), &seq) == 0)
 			valid++;
+		else
+			fprintf(out, "intent: copy %d is damaged\n", s);
 	}
-	if (valid) {
+	if (valid == 2) {
 		fprintf(out, "intent: ok\n");
+	} else if (valid == 1) {
+		fprintf(out, "intent: one copy left; %s\n", sb->state & SB_STATE_CLEAN ?
+			"closed cleanly, so it is used and rewritten at the next start" :
+			"after an unclean stop the whole volume will be reported changed");
+		bad = 1;
 	} else {
-		fprintf(out, "intent: no valid copy: the whole volume would be reported changed\n");
+		fprintf(out, "intent: no valid copy: the whole volume will be reported changed\n");
 		bad = 1;
 	}
 	free(blk);

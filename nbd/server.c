@@ -312,8 +312,11 @@ static void stop_workers(struct nbd_server *srv, unsigned n)
 	}
 	for (unsigned i = 0; i < n; i++) {
 		pthread_join(srv->workers[i].thread, NULL);
+		/* Other threads wake a worker only under its lock. */
+		pthread_mutex_lock(&srv->workers[i].lock);
 		vio_engine_destroy(srv->workers[i].eng);
 		srv->workers[i].eng = NULL;
+		pthread_mutex_unlock(&srv->workers[i].lock);
 		pthread_mutex_destroy(&srv->workers[i].lock);
 	}
 }

@@ -285,9 +285,11 @@ static void intent_ready(struct intent_wait *w, int err)
 	pthread_mutex_lock(&wk->lock);
 	sl->next = wk->resumed;
 	wk->resumed = sl;
-	pthread_mutex_unlock(&wk->lock);
 	atomic_store(&wk->has_resumed, true);
+	/* Under the lock: once the slot is visible the worker may finish,
+	 * and stop_workers() destroys the engine only under this lock. */
 	vio_wake(wk->eng);
+	pthread_mutex_unlock(&wk->lock);
 }
 
 /*
@@ -799,9 +801,9 @@ int nbd_transmit_start(struct nbd_worker *w, int fd, struct nbd_session *s)
 	pthread_mutex_lock(&w->lock);
 	c->next = w->incoming;
 	w->incoming = c;
-	pthread_mutex_unlock(&w->lock);
 	atomic_store(&w->has_incoming, true);
 	vio_wake(w->eng);
+	pthread_mutex_unlock(&w->lock);
 	return 0;
 }
 

@@ -118,7 +118,7 @@ int intent_create(int dirfd, const struct superblock *sb)
 }
 
 int intent_open(int dirfd, const struct superblock *sb, struct intent **out,
-		uint32_t *set, bool *doubt)
+		uint32_t *set, bool *doubt, bool *damaged)
 {
 	struct intent *in = calloc(1, sizeof(*in));
 	uint64_t region, seq[2];
@@ -128,6 +128,7 @@ int intent_open(int dirfd, const struct superblock *sb, struct intent **out,
 
 	*set = 0;
 	*doubt = false;
+	*damaged = false;
 	if (!in)
 		return -ENOMEM;
 	geometry(sb, &region, &n);
@@ -172,11 +173,13 @@ int intent_open(int dirfd, const struct superblock *sb, struct intent **out,
 	 * unclean stop it cannot be trusted.  After a clean close every
 	 * region was cleared, and the survivor can only over-report.
 	 */
-	if ((!ok[0] && !ok[1]) || ((!ok[0] || !ok[1]) && !(sb->state & SB_STATE_CLEAN))) {
+	*damaged = !ok[0] || !ok[1];
+	if ((!ok[0] && !ok[1]) || (*damaged && !(sb->state & SB_STATE_CLEAN))) {
 		*doubt = true;
 		in->cur_slot = ok[0] ? 0 : 1;
 	} else {
 		unsigned s = ok[0] && (!ok[1] || seq[0] > seq[1]) ? 0 : 1;
+		/* A damaged other slot is the next one written, which heals it. */
 		in->cur_slot = s;
 		in->seq = seq[s];
 		memcpy(in->wanted, in->blk + s * MB_SIZE + MB_HEADER + 16, (n + 7) / 8);

@@ -52,12 +52,13 @@ int intent_create(int dirfd, const struct superblock *sb);
 
 /*
  * Open and load.  Regions set on disk start DURABLE; *set receives how
- * many.  When neither slot is valid the file cannot be trusted: the
- * intent starts empty and *doubt is set, and the caller must count the
- * whole volume as changed.
+ * many.  *damaged reports a bad slot.  When the file cannot be trusted
+ * (no valid slot, or one bad slot after an unclean stop) the intent
+ * starts empty and *doubt is set: the caller must count the whole volume
+ * as changed.
  */
 int intent_open(int dirfd, const struct superblock *sb, struct intent **out,
-		uint32_t *set, bool *doubt);
+		uint32_t *set, bool *doubt, bool *damaged);
 void intent_close(struct intent *in);
 
 int intent_start(struct intent *in);	/* the committer thread */

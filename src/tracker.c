@@ -129,7 +129,7 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 	struct tracker *t = calloc(1, sizeof(*t));
 	struct mapfile_report rep;
 	uint32_t set = 0;
-	bool intent_doubt = false, map_doubt = false;
+	bool intent_doubt = false, map_doubt = false, intent_damaged = false;
 	int err;
 
 	if (!t)
@@ -178,11 +178,14 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 
 	/* 3. the intents */
 	if (t->info.start != TRACKER_START_RESET) {
-		err = intent_open(t->dirfd, &t->sb, &t->in, &set, &intent_doubt);
+		err = intent_open(t->dirfd, &t->sb, &t->in, &set, &intent_doubt, &intent_damaged);
 		if (err == -ENOENT) {
 			intent_doubt = true;
 		} else if (err) {
 			goto fail;
+		} else if (intent_damaged && !intent_doubt) {
+			vt_warn("write-intent map: one copy damaged; the volume was closed cleanly, "
+				"so the other is used and the damaged one rewritten");
 		}
 	}
 
@@ -225,7 +228,7 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 			goto fail;
 	}
 	if (!t->in) {
-		err = intent_open(t->dirfd, &t->sb, &t->in, &set, &intent_doubt);
+		err = intent_open(t->dirfd, &t->sb, &t->in, &set, &intent_doubt, &intent_damaged);
 		if (err)
 			goto fail;
 	}
@@ -244,7 +247,9 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 	if (t->info.bad_pages)
 		mapfile_mark_lost(t->mf, &t->cm, t->ckpts.open_epoch);
 
-	if (t->info.start != TRACKER_START_CLEAN)
+	if (t->info.start == TRACKER_START_RESET || t->info.start == TRACKER_START_OFFLINE_CHANGE)
+		vt_error("change tracking: %s", t->info.start_detail);
+	else if (t->info.start != TRACKER_START_CLEAN)
 		vt_warn("change tracking: %s", t->info.start_detail);
 
 	if (live) {
@@ -272,12 +277,16 @@ fail:
 /* One flusher turn: persist the map, then clear idle intents. */
 static int persist_and_clear(struct tracker *t)
 {
+	/*
+	 * Writers read the tick with an RMW after marking (see
+	 * tracker_write_end).  A writer that read a tick below `now` did so
+	 * before this increment in the tick's modification order; this
+	 * acquire RMW then synchronizes with it, so the persist below sees
+	 * that writer's marks.
+	 */
 	unsigned now = atomic_fetch_add(&t->tick, 1) + 1;
 	int err;
 
-	/* Every end-mark that read a tick below `now` is ordered before
-	 * this fence, so the persist below includes it. */
-	atomic_thread_fence(memory_order_seq_cst);
 	pthread_mutex_lock(&t->lock);
 	err = mapfile_persist(t->mf, &t->cm);
 	t->info.last_persist_error = err;
@@ -386,8 +395,9 @@ void tracker_write_end(struct tracker *t, uint64_t off, uint64_t len)
 	/* A write in flight across a checkpoint belongs after it. */
 	changemap_mark(&t->cm, off, len, atomic_load_explicit(&t->open_epoch,
 							      memory_order_acquire));
-	atomic_thread_fence(memory_order_seq_cst);
-	intent_end(t->in, off, len, atomic_load(&t->tick));
+	/* An RMW, not a load: it publishes the marks above to the flusher's
+	 * next increment (persist_and_clear), with no fence needed. */
+	intent_end(t->in, off, len, atomic_fetch_add(&t->tick, 0));
 }
 
 int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *out)

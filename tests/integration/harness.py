@@ -60,6 +60,7 @@ class Server:
 
     def start(self):
         self.log = open(self.log_path, "ab")
+        mark = self.log.tell()
         self.proc = subprocess.Popen(
             [VOLTRACK, "serve", self.volume, "--io-engine", ENGINE] + self.extra,
             stderr=self.log)
@@ -67,7 +68,7 @@ class Server:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log_text()}")
-            if b"serving" in open(self.log_path, "rb").read():
+            if b"serving" in open(self.log_path, "rb").read()[mark:]:
                 return self
             time.sleep(0.02)
         raise RuntimeError(f"server did not start:\n{self.log_text()}")

@@ -1,0 +1,200 @@
+#!/usr/bin/python3
+"""Changed-block tracking seen from outside: CLI, qemu-img, nbdinfo.
+
+The expected changes are what this test wrote, kept in Python, and the
+backing file itself; never voltrack's own answer.
+"""
+import json
+import os
+import re
+import subprocess
+
+import nbd
+
+from harness import VOLTRACK, Failures, Server
+
+t = Failures()
+SIZE = 256 << 20
+G = 64 << 10
+ENV = {"PATH": "/usr/bin:/bin"}
+
+
+def vt(*args, check=False):
+    p = subprocess.run([VOLTRACK, *args], capture_output=True, text=True)
+    if check and p.returncode:
+        raise RuntimeError(f"voltrack {' '.join(args)}: {p.stderr}")
+    return p.returncode, p.stdout, p.stderr
+
+
+def blocks_of(extents):
+    """Set of block numbers covered by (offset, length) pairs."""
+    out = set()
+    for off, length in extents:
+        out.update(range(off // G, (off + length + G - 1) // G))
+    return out
+
+
+def changes(vol, since):
+    rc, out, err = vt("changes", vol, "--since", since, "--json")
+    t.equal(rc, 0, f"changes --since {since}: {err}")
+    j = json.loads(out)
+    t.equal(j["granularity"], G, "changes reports the granularity")
+    ext = [(e["offset"], e["length"]) for e in j["extents"]]
+    for (o1, l1), (o2, _) in zip(ext, ext[1:]):
+        t.check(o1 + l1 < o2, f"extents are merged and sorted: {ext}")
+    return blocks_of(ext)
+
+
+def nbdinfo_dirty(uri, ctx):
+    out = subprocess.run(["nbdinfo", "--json", f"--map={ctx}", uri], capture_output=True,
+                         text=True, env=ENV)
+    t.equal(out.returncode, 0, f"nbdinfo --map={ctx}: {out.stderr}")
+    return blocks_of((e["offset"], e["length"]) for e in json.loads(out.stdout)
+                     if e["type"] & 1)
+
+
+def qemu_img_dirty(sock, ctx):
+    opts = f"driver=nbd,server.type=unix,server.path={sock},x-dirty-bitmap={ctx}"
+    out = subprocess.run(["qemu-img", "map", "--output=json", "--image-opts", opts],
+                         capture_output=True, text=True, env=ENV)
+    t.equal(out.returncode, 0, f"qemu-img map x-dirty-bitmap: {out.stderr}")
+    # With x-dirty-bitmap, dirty ranges show as "data": false.
+    return blocks_of((e["start"], e["length"]) for e in json.loads(out.stdout) if not e["data"])
+
+
+def worked_example():
+    srv = Server(size=SIZE).start()
+    try:
+        vol = srv.volume
+        h = srv.connect()
+        h.pwrite(os.urandom(1 << 20), 0)          # before any checkpoint
+        rc, out, err = vt("checkpoint", vol, "mon")
+        t.check(rc == 0 and "mon" in out, f"checkpoint while serving: {out}{err}")
+
+        written = set()
+        for off, n in [(5 * G + 100, 10), (100 << 20, 3 * G), (SIZE - 1, 1)]:
+            h.pwrite(b"x" * n, off)
+            written |= blocks_of([(off, n)])
+        h.zero(2 * G, 40 << 20)
+        written |= blocks_of([(40 << 20, 2 * G)])
+        h.trim(G, 60 << 20)
+        written |= blocks_of([(60 << 20, G)])
+
+        t.equal(changes(vol, "mon"), written, "changes since 'mon' is exactly what was written")
+        t.equal(nbdinfo_dirty(srv.uri, "qemu:dirty-bitmap:mon"), written,
+                "nbdinfo --map of the dirty bitmap agrees")
+        t.equal(qemu_img_dirty(srv.sock, "qemu:dirty-bitmap:mon"), written,
+                "qemu-img map with x-dirty-bitmap agrees")
+
+        # A checkpoint made now is visible to new connections at once.
+        vt("checkpoint", vol, "tue", check=True)
+        h.pwrite(b"y" * 4096, 200 << 20)
+        later = blocks_of([(200 << 20, 4096)])
+        t.equal(changes(vol, "tue"), later, "changes since the newer checkpoint")
+        t.equal(changes(vol, "mon"), written | later, "older checkpoint includes newer writes")
+        ctxs = []
+        h2 = nbd.NBD()
+        h2.set_opt_mode(True)
+        h2.connect_unix(srv.sock)
+        h2.opt_list_meta_context(lambda name: ctxs.append(name))
+        t.equal(sorted(ctxs), ["base:allocation", "qemu:dirty-bitmap:mon",
+                               "qemu:dirty-bitmap:tue"], "contexts list the checkpoints")
+        h2.opt_abort()
+        h.shutdown()
+
+        rc, _, err = vt("checkpoint", vol, "mon")
+        t.check(rc != 0 and "already exists" in err, f"duplicate name refused: {err}")
+        rc, _, err = vt("checkpoint", vol, "bad name!")
+        t.equal(rc, 2, f"invalid name refused as usage error: {err}")
+        rc, _, err = vt("changes", vol, "--since", "nope")
+        t.check(rc != 0 and "nope" in err, f"unknown checkpoint refused: {err}")
+        rc, _, err = vt("changes", vol, "--since", "tue", "--until", "mon")
+        t.check(rc != 0, f"--until older than --since refused: {err}")
+        rc, out, _ = vt("changes", vol, "--since", "mon", "--until", "tue")
+        got = set()
+        for line in out.split("\n"):
+            if line:
+                o, n = map(int, line.split())
+                got |= blocks_of([(o, n)])
+        t.check(written <= got, "--until never drops a block changed in the interval")
+
+        rc, out, _ = vt("list", vol, "--json")
+        lst = json.loads(out)
+        t.equal([c["name"] for c in lst], ["mon", "tue"], "list names in order")
+        t.equal(lst[1]["changed-bytes"], G, "list counts changed bytes since 'tue'")
+        rc, out, _ = vt("status", vol, "--json")
+        st = json.loads(out)
+        t.equal((st["granularity"], st["checkpoints"]), (G, 2), "status granularity, checkpoints")
+        t.equal(st["state"], "clean", "fresh volume started clean")
+
+        t.equal(srv.stop(), 0, "server stops cleanly")
+        # After a clean stop the answers are the same, offline.
+        t.equal(changes(vol, "mon"), written | later, "answer survives a clean restart (offline)")
+        rc, out, _ = vt("status", vol, "--json")
+        t.equal(json.loads(out)["intent-regions-set"], 0, "a clean stop leaves no intents set")
+        srv.start()
+        t.equal(nbdinfo_dirty(srv.uri, "qemu:dirty-bitmap:mon"), written | later,
+                "and online after restart")
+        t.equal(srv.stop(), 0, "server stops cleanly again")
+
+        # Offline change: modify the file while nothing tracks it.
+        with open(vol, "r+b") as f:
+            f.seek(123456)
+            f.write(b"sneaky")
+        rc, out, err = vt("status", vol)
+        t.check("modified-offline" in out, f"status says the volume was modified offline: {out}")
+        every = set(range(SIZE // G))
+        t.equal(changes(vol, "mon"), every, "offline change: everything changed since 'mon'")
+        t.equal(changes(vol, "tue"), every, "...and since 'tue'")
+        rc, out, _ = vt("check", vol)
+        t.equal(rc, 0, f"metadata itself is sound after the reset: {out}")
+    finally:
+        srv.cleanup()
+
+
+def corruption():
+    """Flip bits and truncate each metadata file: never reported clean."""
+    cases = [("checkpoints", 100, "flip"), ("changemap", 4096 * 3 + 700, "flip"),
+             ("intent", 40, "flip"), ("changemap", 4096 * 2, "truncate"),
+             ("intent", 100, "truncate"), ("checkpoints", 10, "truncate")]
+    for name, where, how in cases:
+        srv = Server(size=SIZE).start()
+        try:
+            vol = srv.volume
+            h = srv.connect()
+            vt("checkpoint", vol, "c", check=True)
+            h.pwrite(b"z" * 4096, 7 * G)
+            h.shutdown()
+            t.equal(srv.stop(), 0, "stop before corrupting")
+            path = os.path.join(srv.meta, name)
+            if how == "flip":
+                with open(path, "r+b") as f:
+                    f.seek(where)
+                    b = f.read(1)
+                    f.seek(where)
+                    f.write(bytes([b[0] ^ 0x40]))
+            else:
+                os.truncate(path, where)
+            rc, out, _ = vt("check", vol)
+            t.check(rc != 0, f"check reports {how} of {name}: {out}")
+            srv.start()  # serve must start (origin first) or refuse clearly
+            t.check(srv.alive(), f"serve runs after {how} of {name}")
+            log = srv.log_text()
+            t.check("warning:" in log or "error:" in log,
+                    f"serve says loudly what it doubts after {how} of {name}: {log}")
+            rc, out, err = vt("changes", vol, "--since", "c", "--json")
+            if rc == 0:
+                got = blocks_of((e["offset"], e["length"]) for e in json.loads(out)["extents"])
+                t.check(7 in got, f"the write after 'c' is still reported after {how} of {name}")
+            else:
+                t.check("no checkpoint" in err, f"or the chain is declared broken: {err}")
+            t.equal(srv.stop(), 0, f"clean stop after {how} of {name}")
+            rc, out, _ = vt("check", vol)
+            t.equal(rc, 0, f"metadata is sound again after a clean stop: {out}")
+        finally:
+            srv.cleanup()
+
+
+worked_example()
+corruption()
+t.finish()
