@@ -37,6 +37,14 @@ SERVER=voltrack URI="nbd+unix:///?socket=$W/vt.img.voltrack/nbd.sock" workloads
 grep VmHWM "/proc/$VT/status" | awk '{print $2}' >"$W/voltrack.rss"
 kill -TERM $VT; wait $VT
 
+# voltrack with tracking off: the cost of tracking is the ratio to this
+truncate -s "$SIZE" "$W/nt.img"
+"$VOLTRACK" init "$W/nt.img" >/dev/null
+"$VOLTRACK" serve "$W/nt.img" --no-track 2>"$W/nt.log" & NT=$!
+wait_sock "$W/nt.img.voltrack/nbd.sock"
+SERVER=voltrack-no-track URI="nbd+unix:///?socket=$W/nt.img.voltrack/nbd.sock" workloads
+kill -TERM $NT; wait $NT
+
 # nbdkit file plugin: plain passthrough
 truncate -s "$SIZE" "$W/raw.img"
 nbdkit --foreground --unix "$W/nbdkit.sock" file "$W/raw.img" & P=$!
@@ -64,4 +72,6 @@ wait_sock "$W/qsdb.sock"
 SERVER=qsd-qcow2-bitmap URI="nbd+unix:///?socket=$W/qsdb.sock" workloads
 kill $P; wait $P 2>/dev/null || true
 
-python3 "$HERE/report.py" "$W" voltrack nbdkit-file qsd-raw qsd-qcow2-bitmap
+python3 "$HERE/report.py" "$W" voltrack voltrack-no-track nbdkit-file qsd-raw qsd-qcow2-bitmap
+echo
+"$HERE/tracking.sh" "$VOLTRACK"

@@ -374,7 +374,7 @@ static int check_intent(int dirfd, const struct superblock *sb, FILE *out)
 int ctl_check(struct metadir *md, FILE *out)
 {
 	struct superblock sb;
-	struct checkpoint_list l;
+	struct checkpoint_list *l = malloc(sizeof(*l));
 	struct mapfile_report rep;
 	int dirfd = metadir_fd(md), problems = 0, err;
 
@@ -384,17 +384,25 @@ int ctl_check(struct metadir *md, FILE *out)
 			err == -EINVAL ? "not a voltrack superblock" :
 			err == -EPROTONOSUPPORT ? "written by a newer voltrack" : strerror(-err));
 		fprintf(out, "1 problem found\n");
+		free(l);
 		return 1;
 	}
 	fprintf(out, "superblock: ok (sequence %llu, %s)\n", (unsigned long long)sb.sequence,
 		sb.state & SB_STATE_CLEAN ? "closed cleanly" : "in use or not closed cleanly");
 
-	err = checkpoints_load(dirfd, &sb, &l);
+	bool damaged = false;
+	if (!l)
+		return 1;
+	err = checkpoints_load(dirfd, &sb, l, &damaged);
 	if (err) {
-		fprintf(out, "checkpoints: %s\n", strerror(-err));
+		fprintf(out, "checkpoints: %s\n", err == -EBADMSG ? "no valid copy" : strerror(-err));
+		problems++;
+	} else if (damaged) {
+		fprintf(out, "checkpoints: one copy damaged; the other holds %u checkpoint(s), "
+			"open epoch %u\n", l->n, l->open_epoch);
 		problems++;
 	} else {
-		fprintf(out, "checkpoints: ok (%u, open epoch %u)\n", l.n, l.open_epoch);
+		fprintf(out, "checkpoints: ok (%u, open epoch %u)\n", l->n, l->open_epoch);
 	}
 
 	uint64_t nblocks = (sb.volume_size + sb.granularity - 1) / sb.granularity;
@@ -413,6 +421,7 @@ int ctl_check(struct metadir *md, FILE *out)
 	} else {
 		fprintf(out, "changemap: ok\n");
 	}
+	free(l);
 	problems += check_intent(dirfd, &sb, out);
 	if (problems)
 		fprintf(out, "%d problem(s) found\n", problems);

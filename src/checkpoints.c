@@ -39,25 +39,20 @@ const struct checkpoint *checkpoint_find(const struct checkpoint_list *l, const 
 }
 
 /*
- * File: a sequence of metadata blocks; block 0's payload starts with
- * count (4), open epoch (1), reserved (3), then entries, which continue
- * across blocks' payloads.  Every block carries its own checksum.
+ * File: two slots of SLOT_BLOCKS metadata blocks.  Block b of slot s has
+ * index s * SLOT_BLOCKS + b; all blocks of one update share its sequence.
+ * Block 0's payload starts with the block count (4), the checkpoint
+ * count (4), the open epoch (1), reserved (7), then entries, which
+ * continue across the blocks' payloads.
  */
-int checkpoints_store(int dirfd, const struct superblock *sb, const struct checkpoint_list *l)
-{
-	uint8_t *payload = calloc(FILE_BLOCKS, MB_PAYLOAD);
-	uint8_t *blk = aligned_alloc(MB_SIZE, MB_SIZE);
-	uint64_t tag = mb_gen_tag(&sb->generation);
-	size_t pos = 8;
-	int fd = -1, err = 0;
+#define SLOT_BLOCKS FILE_BLOCKS
+#define HEAD 16
 
-	if (!payload || !blk) {
-		err = -ENOMEM;
-		goto out;
-	}
-	uint32_t n = htole32(l->n);
-	memcpy(payload, &n, 4);
-	payload[4] = l->open_epoch;
+static int encode(const struct checkpoint_list *l, uint8_t *payload, uint32_t *nblocks)
+{
+	size_t pos = HEAD;
+
+	memset(payload, 0, (size_t)SLOT_BLOCKS * MB_PAYLOAD);
 	for (uint32_t i = 0; i < l->n; i++) {
 		const struct checkpoint *c = &l->items[i];
 		size_t nlen = strlen(c->name);
@@ -68,19 +63,53 @@ int checkpoints_store(int dirfd, const struct superblock *sb, const struct check
 		memcpy(payload + pos + ENTRY_FIXED, c->name, nlen);
 		pos += ENTRY_FIXED + nlen;
 	}
-	uint32_t nblocks = (uint32_t)((pos + MB_PAYLOAD - 1) / MB_PAYLOAD);
-	fd = openat(dirfd, CHECKPOINTS_NAME ".tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	*nblocks = (uint32_t)((pos + MB_PAYLOAD - 1) / MB_PAYLOAD);
+	uint32_t nb = htole32(*nblocks), n = htole32(l->n);
+	memcpy(payload, &nb, 4);
+	memcpy(payload + 4, &n, 4);
+	payload[8] = l->open_epoch;
+	return 0;
+}
+
+static int write_slot(int fd, const struct superblock *sb, const uint8_t *payload,
+		      uint32_t nblocks, unsigned slot, uint64_t seq, uint8_t *blk)
+{
+	uint64_t tag = mb_gen_tag(&sb->generation);
+	int err = 0;
+
+	for (uint32_t b = 0; !err && b < nblocks; b++) {
+		memcpy(blk + MB_HEADER, payload + (size_t)b * MB_PAYLOAD, MB_PAYLOAD);
+		mb_seal(blk, MAGIC, slot * SLOT_BLOCKS + b, seq, tag);
+		err = file_pwrite_full(fd, blk, MB_SIZE, (uint64_t)(slot * SLOT_BLOCKS + b) * MB_SIZE);
+	}
+	return err;
+}
+
+int checkpoints_create(int dirfd, const struct superblock *sb, struct checkpoint_list *l)
+{
+	uint8_t *payload = malloc((size_t)SLOT_BLOCKS * MB_PAYLOAD);
+	uint8_t *blk = aligned_alloc(MB_SIZE, MB_SIZE);
+	uint32_t nblocks;
+	int fd = -1, err = 0;
+
+	if (!payload || !blk) {
+		err = -ENOMEM;
+		goto out;
+	}
+	fd = openat(dirfd, CHECKPOINTS_NAME ".tmp", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		err = -errno;
 		goto out;
 	}
-	for (uint32_t b = 0; !err && b < nblocks; b++) {
-		memcpy(blk + MB_HEADER, payload + (size_t)b * MB_PAYLOAD, MB_PAYLOAD);
-		/* The sequence field holds the block count, so a file cut
-		 * short at a block boundary is detected. */
-		mb_seal(blk, MAGIC, b, nblocks, tag);
+	/* Allocate every block now, so that updates never allocate. */
+	memset(blk, 0, MB_SIZE);
+	for (uint32_t b = 0; !err && b < 2 * SLOT_BLOCKS; b++)
 		err = file_pwrite_full(fd, blk, MB_SIZE, (uint64_t)b * MB_SIZE);
-	}
+	encode(l, payload, &nblocks);
+	if (!err)
+		err = write_slot(fd, sb, payload, nblocks, 0, 1, blk);
+	if (!err)
+		err = write_slot(fd, sb, payload, nblocks, 1, 2, blk);
 	if (!err && fdatasync(fd) < 0)
 		err = -errno;
 	close(fd);
@@ -88,66 +117,88 @@ int checkpoints_store(int dirfd, const struct superblock *sb, const struct check
 		err = -errno;
 	if (!err && fsync(dirfd) < 0)
 		err = -errno;
-	if (err)
+	if (err) {
 		unlinkat(dirfd, CHECKPOINTS_NAME ".tmp", 0);
+	} else {
+		l->slot = 1;
+		l->seq = 2;
+	}
 out:
 	free(payload);
 	free(blk);
 	return err;
 }
 
-int checkpoints_load(int dirfd, const struct superblock *sb, struct checkpoint_list *l)
+int checkpoints_store(int dirfd, const struct superblock *sb,
+		      const struct checkpoint_list *prev, struct checkpoint_list *l)
 {
-	uint8_t *payload = NULL, *blk = NULL;
-	uint64_t tag = mb_gen_tag(&sb->generation), count;
-	int fd, err = 0;
+	uint8_t *payload = malloc((size_t)SLOT_BLOCKS * MB_PAYLOAD);
+	uint8_t *blk = aligned_alloc(MB_SIZE, MB_SIZE);
+	unsigned slot = prev->slot ^ 1;
+	uint32_t nblocks;
+	int fd = -1, err = 0;
 
-	memset(l, 0, sizeof(*l));
-	l->open_epoch = 1;
-	fd = openat(dirfd, CHECKPOINTS_NAME, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return errno == ENOENT ? 0 : -errno;
-	payload = calloc(FILE_BLOCKS, MB_PAYLOAD);
-	blk = aligned_alloc(MB_SIZE, MB_SIZE);
 	if (!payload || !blk) {
 		err = -ENOMEM;
 		goto out;
 	}
-	err = file_pread_full(fd, blk, MB_SIZE, 0);
-	if (err || mb_check(blk, MAGIC, 0, tag, &count) || count == 0 || count > FILE_BLOCKS) {
-		err = -EBADMSG;
+	fd = openat(dirfd, CHECKPOINTS_NAME, O_WRONLY | O_CLOEXEC);
+	if (fd < 0) {
+		err = -errno;
 		goto out;
 	}
-	for (uint32_t b = 0; b < count; b++) {
-		uint64_t c2;
-		if (b && (file_pread_full(fd, blk, MB_SIZE, (uint64_t)b * MB_SIZE) ||
-			  mb_check(blk, MAGIC, b, tag, &c2) || c2 != count)) {
-			err = -EBADMSG;
-			goto out;
-		}
+	encode(l, payload, &nblocks);
+	err = write_slot(fd, sb, payload, nblocks, slot, prev->seq + 1, blk);
+	if (!err && fdatasync(fd) < 0)
+		err = -errno;
+	close(fd);
+	if (!err) {
+		l->slot = (uint8_t)slot;
+		l->seq = prev->seq + 1;
+	}
+out:
+	free(payload);
+	free(blk);
+	return err;
+}
+
+/* Decode one slot; 0 and its sequence when whole and consistent. */
+static int load_slot(int fd, const struct superblock *sb, unsigned slot,
+		     struct checkpoint_list *l, uint8_t *payload, uint8_t *blk)
+{
+	uint64_t tag = mb_gen_tag(&sb->generation), seq, s2;
+	uint32_t nblocks, n;
+
+	memset(l, 0, sizeof(*l));
+	if (file_pread_full(fd, blk, MB_SIZE, (uint64_t)slot * SLOT_BLOCKS * MB_SIZE) ||
+	    mb_check(blk, MAGIC, slot * SLOT_BLOCKS, tag, &seq))
+		return -EBADMSG;
+	memcpy(payload, blk + MB_HEADER, MB_PAYLOAD);
+	memcpy(&nblocks, payload, 4);
+	nblocks = le32toh(nblocks);
+	if (nblocks == 0 || nblocks > SLOT_BLOCKS)
+		return -EBADMSG;
+	for (uint32_t b = 1; b < nblocks; b++) {
+		uint64_t off = (uint64_t)(slot * SLOT_BLOCKS + b) * MB_SIZE;
+		if (file_pread_full(fd, blk, MB_SIZE, off) ||
+		    mb_check(blk, MAGIC, slot * SLOT_BLOCKS + b, tag, &s2) || s2 != seq)
+			return -EBADMSG;
 		memcpy(payload + (size_t)b * MB_PAYLOAD, blk + MB_HEADER, MB_PAYLOAD);
 	}
-	uint32_t n;
-	memcpy(&n, payload, 4);
+	memcpy(&n, payload + 4, 4);
 	n = le32toh(n);
-	l->open_epoch = payload[4];
-	if (n > CKPT_MAX || l->open_epoch == 0) {
-		err = -EBADMSG;
-		goto out;
-	}
-	size_t pos = 8, end = (size_t)count * MB_PAYLOAD;
+	l->open_epoch = payload[8];
+	if (n > CKPT_MAX || l->open_epoch == 0)
+		return -EBADMSG;
+	size_t pos = HEAD, end = (size_t)nblocks * MB_PAYLOAD;
 	for (uint32_t i = 0; i < n; i++) {
 		struct checkpoint *c = &l->items[i];
-		if (pos + ENTRY_FIXED > end) {
-			err = -EBADMSG;
-			goto out;
-		}
+		if (pos + ENTRY_FIXED > end)
+			return -EBADMSG;
 		size_t nlen = payload[pos + 1];
 		uint64_t created;
-		if (nlen == 0 || nlen > CKPT_NAME_MAX || pos + ENTRY_FIXED + nlen > end) {
-			err = -EBADMSG;
-			goto out;
-		}
+		if (nlen == 0 || nlen > CKPT_NAME_MAX || pos + ENTRY_FIXED + nlen > end)
+			return -EBADMSG;
 		c->epoch = payload[pos];
 		memcpy(&created, payload + pos + 8, 8);
 		c->created = le64toh(created);
@@ -155,19 +206,50 @@ int checkpoints_load(int dirfd, const struct superblock *sb, struct checkpoint_l
 		c->name[nlen] = 0;
 		/* epochs strictly increase and stay below the open one */
 		if (!checkpoint_name_valid(c->name) || c->epoch >= l->open_epoch ||
-		    (i && c->epoch <= l->items[i - 1].epoch)) {
-			err = -EBADMSG;
-			goto out;
-		}
+		    (i && c->epoch <= l->items[i - 1].epoch))
+			return -EBADMSG;
 		pos += ENTRY_FIXED + nlen;
 	}
 	l->n = n;
-out:
-	if (err) {
+	l->slot = (uint8_t)slot;
+	l->seq = seq;
+	return 0;
+}
+
+int checkpoints_load(int dirfd, const struct superblock *sb, struct checkpoint_list *l,
+		     bool *damaged)
+{
+	struct checkpoint_list *other = malloc(sizeof(*other));
+	uint8_t *payload = malloc((size_t)SLOT_BLOCKS * MB_PAYLOAD);
+	uint8_t *blk = aligned_alloc(MB_SIZE, MB_SIZE);
+	int fd, err = -ENOMEM;
+
+	memset(l, 0, sizeof(*l));
+	l->open_epoch = 1;
+	fd = openat(dirfd, CHECKPOINTS_NAME, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		err = -errno;
+		goto out;
+	}
+	if (!other || !payload || !blk)
+		goto out;
+	int e0 = load_slot(fd, sb, 0, l, payload, blk);
+	int e1 = load_slot(fd, sb, 1, other, payload, blk);
+	if (damaged)
+		*damaged = e0 || e1;
+	if (e0 && e1) {
+		err = -EBADMSG;
 		memset(l, 0, sizeof(*l));
 		l->open_epoch = 1;
+	} else {
+		if (e0 || (!e1 && other->seq > l->seq))
+			*l = *other;
+		err = 0;
 	}
-	close(fd);
+out:
+	if (fd >= 0)
+		close(fd);
+	free(other);
 	free(payload);
 	free(blk);
 	return err;

@@ -2,10 +2,14 @@
  * checkpoints: the named epoch boundaries (META/checkpoints).
  *
  * Checkpoint k closes epoch k: "changed since NAME" means epoch > k.
- * The list and the number of the open epoch are one small file,
- * replaced atomically (temporary file, fdatasync, rename, directory
- * fsync) before the in-memory list changes.  Epochs are one byte in the
- * change map, so at most CKPT_MAX checkpoints exist over a history.
+ * The list and the number of the open epoch live in one of two
+ * preallocated slots of META/checkpoints; an update rewrites the older
+ * slot in place and fdatasyncs it before the in-memory list changes.
+ * Overwriting allocated blocks needs no filesystem journal commit, so a
+ * checkpoint stays fast while the volume takes heavy allocating writes.
+ * Falling back to the older slot (a torn update) can only lose the
+ * checkpoint being created, which was never acknowledged.  Epochs are one
+ * byte in the change map, so at most CKPT_MAX checkpoints exist.
  */
 #ifndef VOLTRACK_CHECKPOINTS_H
 #define VOLTRACK_CHECKPOINTS_H
@@ -29,6 +33,9 @@ struct checkpoint_list {
 	uint32_t n;
 	uint8_t open_epoch;	/* the epoch writes land in now */
 	struct checkpoint items[CKPT_MAX];
+	/* where it is stored: the slot holding it and its sequence */
+	uint8_t slot;
+	uint64_t seq;
 };
 
 /* Names are 1-200 characters from [A-Za-z0-9._+@:-]: safe in export
@@ -37,8 +44,14 @@ bool checkpoint_name_valid(const char *name);
 
 const struct checkpoint *checkpoint_find(const struct checkpoint_list *l, const char *name);
 
-/* A missing file is an empty list with epoch 1 open. -EBADMSG if corrupt. */
-int checkpoints_load(int dirfd, const struct superblock *sb, struct checkpoint_list *l);
-int checkpoints_store(int dirfd, const struct superblock *sb, const struct checkpoint_list *l);
+/* A new file holding l in both slots. */
+int checkpoints_create(int dirfd, const struct superblock *sb, struct checkpoint_list *l);
+/* -ENOENT when missing, -EBADMSG when no slot is valid.  *damaged
+ * (optional) reports a bad slot beside the one used. */
+int checkpoints_load(int dirfd, const struct superblock *sb, struct checkpoint_list *l,
+		     bool *damaged);
+/* Write l into the slot not holding `prev`; on success l records it. */
+int checkpoints_store(int dirfd, const struct superblock *sb,
+		      const struct checkpoint_list *prev, struct checkpoint_list *l);
 
 #endif

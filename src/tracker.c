@@ -52,7 +52,7 @@ const char *tracker_start_name(enum tracker_start s)
 int tracker_format(struct metadir *md, const struct superblock *sb)
 {
 	struct changemap cm;
-	struct checkpoint_list empty = { .n = 0, .open_epoch = 1 };
+	static struct checkpoint_list empty = { .n = 0, .open_epoch = 1 };
 	int dirfd = metadir_fd(md);
 	int err = changemap_init(&cm, sb->volume_size, sb->granularity);
 
@@ -61,8 +61,15 @@ int tracker_format(struct metadir *md, const struct superblock *sb)
 	err = mapfile_create(dirfd, sb, &cm);
 	if (!err)
 		err = intent_create(dirfd, sb);
-	if (!err)
-		err = checkpoints_store(dirfd, sb, &empty);
+	if (!err) {
+		struct checkpoint_list *l = malloc(sizeof(*l));
+		err = l ? 0 : -ENOMEM;
+		if (l) {
+			*l = empty;
+			err = checkpoints_create(dirfd, sb, l);
+			free(l);
+		}
+	}
 	changemap_free(&cm);
 	return err;
 }
@@ -104,7 +111,7 @@ static int reset_history(struct tracker *t, bool keep_checkpoints)
 	if (!err)
 		err = intent_create(t->dirfd, &t->sb);
 	if (!err)
-		err = checkpoints_store(t->dirfd, &t->sb, &t->ckpts);
+		err = checkpoints_create(t->dirfd, &t->sb, &t->ckpts);
 	if (!err)
 		err = store_superblock(t);
 	return err;
@@ -150,7 +157,20 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 	t->info.start = TRACKER_START_CLEAN;
 
 	/* 1. checkpoints: without them no answer can be given at all. */
-	err = checkpoints_load(t->dirfd, &t->sb, &t->ckpts);
+	bool ckpt_damaged = false;
+	err = checkpoints_load(t->dirfd, &t->sb, &t->ckpts, &ckpt_damaged);
+	if (!err && ckpt_damaged) {
+		/* The newer copy may be the lost one: then the checkpoint it
+		 * added was never acknowledged.  Rewrite the damaged slot. */
+		struct checkpoint_list *copy = malloc(sizeof(*copy));
+		vt_warn("checkpoint list: one copy damaged; using the other and rewriting it");
+		if (copy) {
+			*copy = t->ckpts;
+			if (checkpoints_store(t->dirfd, &t->sb, &t->ckpts, copy) == 0)
+				t->ckpts = *copy;
+			free(copy);
+		}
+	}
 	if (err) {
 		snprintf(t->info.start_detail, sizeof(t->info.start_detail),
 			 "checkpoint list unreadable (%s): every checkpoint is gone, "
@@ -402,7 +422,7 @@ void tracker_write_end(struct tracker *t, uint64_t off, uint64_t len)
 
 int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *out)
 {
-	struct checkpoint_list next;
+	struct checkpoint_list next; /* 54 KiB: the control thread has the stack */
 	int err;
 
 	if (!checkpoint_name_valid(name))
@@ -423,7 +443,7 @@ int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *o
 	c->epoch = next.open_epoch;
 	c->created = (uint64_t)time(NULL);
 	next.open_epoch++;
-	err = checkpoints_store(t->dirfd, &t->sb, &next);
+	err = checkpoints_store(t->dirfd, &t->sb, &t->ckpts, &next);
 	if (!err) {
 		/* The instant of the checkpoint: writes marked from now on
 		 * belong to the new epoch. */

@@ -1,0 +1,66 @@
+#!/bin/bash
+# Tracking figures on a 1 TiB sparse volume at 64 KiB granularity, and
+# checkpoint latency under full write load.  Called by run.sh; prints
+# one line per figure with its target.
+set -euo pipefail
+export PATH=/usr/bin:/bin:/usr/sbin:/sbin:$PATH
+VOLTRACK=${1:-build/voltrack}
+W=$(mktemp -d -t voltrack-track.XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
+VOL=$W/big.img SOCK=$W/big.img.voltrack/nbd.sock URI="nbd+unix:///?socket=$W/big.img.voltrack/nbd.sock"
+now() { date +%s.%N; }
+ms() { python3 -c "print(f'{($2 - $1) * 1000:.0f}')"; }
+wait_ready() { # pid: until the server answers
+	for _ in $(seq 2000); do nbdinfo --size "$URI" >/dev/null 2>&1 && return 0; sleep 0.005; done
+	echo "server did not come up"; return 1
+}
+
+t0=$(now); "$VOLTRACK" init "$VOL" --size 1T >/dev/null; t1=$(now)
+echo "1 TiB volume: init $(ms "$t0" "$t1") ms"
+"$VOLTRACK" serve "$VOL" 2>"$W/serve.log" & P=$!
+wait_ready
+"$VOLTRACK" checkpoint "$VOL" base >/dev/null
+# 20000 writes scattered over the whole terabyte, then a burst in one place
+fio --name=scatter --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=32 \
+	--size=1T --number_ios=20000 --norandommap --output=/dev/null
+fio --name=burst --ioengine=nbd --uri="$URI" --rw=write --bs=1m --iodepth=8 \
+	--offset=300G --size=2G --output=/dev/null
+
+t0=$(now); "$VOLTRACK" changes "$VOL" --since base --json >"$W/changes.json"; t1=$(now)
+n=$(python3 -c "import json;print(len(json.load(open('$W/changes.json'))['extents']))")
+echo "voltrack changes over 1 TiB ($n extents): $(ms "$t0" "$t1") ms   (target < 500)"
+t0=$(now); nbdinfo --map=qemu:dirty-bitmap:base "$URI" >"$W/map.txt"; t1=$(now)
+echo "nbdinfo --map of qemu:dirty-bitmap over 1 TiB: $(ms "$t0" "$t1") ms   (target < 2000)"
+rss=$(awk '/VmRSS/ {print $2}' "/proc/$P/status")
+echo "server RSS with a 1 TiB map: $((rss / 1024)) MiB   (tracker target <= 24 MiB; map is 16 MiB)"
+
+# kill -9 under load, then time start-up with recovery until it serves
+fio --name=load --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=32 \
+	--size=1T --time_based --runtime=30 --norandommap --output=/dev/null 2>/dev/null & F=$!
+sleep 2
+kill -9 $P; wait $P 2>/dev/null || true
+kill $F 2>/dev/null; wait $F 2>/dev/null || true
+t0=$(now)
+"$VOLTRACK" serve "$VOL" 2>>"$W/serve.log" & P=$!
+wait_ready
+t1=$(now)
+echo "start-up with recovery after kill -9: $(ms "$t0" "$t1") ms   (target < 1000)"
+grep -o "not closed cleanly.*" "$W/serve.log" | tail -1 | sed 's/^/  recovery: /'
+
+# checkpoints while fio writes at full rate
+fio --name=load --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=32 \
+	--size=64G --time_based --runtime=30 --output=/dev/null & F=$!
+sleep 2
+for i in $(seq 20); do
+	t0=$(now); "$VOLTRACK" checkpoint "$VOL" "load$i" >/dev/null; t1=$(now)
+	ms "$t0" "$t1"
+	sleep 0.2
+done >"$W/ckpt.txt"
+kill $F 2>/dev/null; wait $F 2>/dev/null || true
+python3 - "$W/ckpt.txt" <<'PY'
+import statistics, sys
+v = sorted(int(x) for x in open(sys.argv[1]))
+print(f"checkpoint under full write load, 20 runs (CLI round trip): median {statistics.median(v):.0f} ms, "
+      f"max {v[-1]} ms   (target < 20)")
+PY
+kill -TERM $P; wait $P
