@@ -238,6 +238,7 @@ int cmd_serve(int argc, char **argv)
 		tracker_config_defaults(&tcfg);
 		if (o.persist_ms)
 			tcfg.persist_interval_ms = o.persist_ms;
+		tcfg.volume_fd = vol->fd;
 		err = volume_identity(vol, &id);
 		if (!err)
 			err = tracker_open(md, &id, true, &tcfg, &tracker);

@@ -71,7 +71,7 @@ static int encode(const struct checkpoint_list *l, uint8_t *payload, uint32_t *n
 	return 0;
 }
 
-static int write_slot(int fd, const struct superblock *sb, const uint8_t *payload,
+static int write_slot(const struct vt_fsops *ops, int fd, const struct superblock *sb, const uint8_t *payload,
 		      uint32_t nblocks, unsigned slot, uint64_t seq, uint8_t *blk)
 {
 	uint64_t tag = mb_gen_tag(&sb->generation);
@@ -80,12 +80,13 @@ static int write_slot(int fd, const struct superblock *sb, const uint8_t *payloa
 	for (uint32_t b = 0; !err && b < nblocks; b++) {
 		memcpy(blk + MB_HEADER, payload + (size_t)b * MB_PAYLOAD, MB_PAYLOAD);
 		mb_seal(blk, MAGIC, slot * SLOT_BLOCKS + b, seq, tag);
-		err = file_pwrite_full(fd, blk, MB_SIZE, (uint64_t)(slot * SLOT_BLOCKS + b) * MB_SIZE);
+		err = ops->pwrite(ops, fd, blk, MB_SIZE, (uint64_t)(slot * SLOT_BLOCKS + b) * MB_SIZE);
 	}
 	return err;
 }
 
-int checkpoints_create(int dirfd, const struct superblock *sb, struct checkpoint_list *l)
+int checkpoints_create(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+		       struct checkpoint_list *l)
 {
 	uint8_t *payload = malloc((size_t)SLOT_BLOCKS * MB_PAYLOAD);
 	uint8_t *blk = aligned_alloc(MB_SIZE, MB_SIZE);
@@ -104,14 +105,14 @@ int checkpoints_create(int dirfd, const struct superblock *sb, struct checkpoint
 	/* Allocate every block now, so that updates never allocate. */
 	memset(blk, 0, MB_SIZE);
 	for (uint32_t b = 0; !err && b < 2 * SLOT_BLOCKS; b++)
-		err = file_pwrite_full(fd, blk, MB_SIZE, (uint64_t)b * MB_SIZE);
+		err = ops->pwrite(ops, fd, blk, MB_SIZE, (uint64_t)b * MB_SIZE);
 	encode(l, payload, &nblocks);
 	if (!err)
-		err = write_slot(fd, sb, payload, nblocks, 0, 1, blk);
+		err = write_slot(ops, fd, sb, payload, nblocks, 0, 1, blk);
 	if (!err)
-		err = write_slot(fd, sb, payload, nblocks, 1, 2, blk);
-	if (!err && fdatasync(fd) < 0)
-		err = -errno;
+		err = write_slot(ops, fd, sb, payload, nblocks, 1, 2, blk);
+	if (!err)
+		err = ops->fdatasync(ops, fd);
 	close(fd);
 	if (!err && renameat(dirfd, CHECKPOINTS_NAME ".tmp", dirfd, CHECKPOINTS_NAME) < 0)
 		err = -errno;
@@ -129,7 +130,7 @@ out:
 	return err;
 }
 
-int checkpoints_store(int dirfd, const struct superblock *sb,
+int checkpoints_store(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
 		      const struct checkpoint_list *prev, struct checkpoint_list *l)
 {
 	uint8_t *payload = malloc((size_t)SLOT_BLOCKS * MB_PAYLOAD);
@@ -148,9 +149,9 @@ int checkpoints_store(int dirfd, const struct superblock *sb,
 		goto out;
 	}
 	encode(l, payload, &nblocks);
-	err = write_slot(fd, sb, payload, nblocks, slot, prev->seq + 1, blk);
-	if (!err && fdatasync(fd) < 0)
-		err = -errno;
+	err = write_slot(ops, fd, sb, payload, nblocks, slot, prev->seq + 1, blk);
+	if (!err)
+		err = ops->fdatasync(ops, fd);
 	close(fd);
 	if (!err) {
 		l->slot = (uint8_t)slot;

@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "fsops.h"
 #include "superblock.h"
 
 #define CKPT_NAME_MAX 200
@@ -45,13 +46,14 @@ bool checkpoint_name_valid(const char *name);
 const struct checkpoint *checkpoint_find(const struct checkpoint_list *l, const char *name);
 
 /* A new file holding l in both slots. */
-int checkpoints_create(int dirfd, const struct superblock *sb, struct checkpoint_list *l);
+int checkpoints_create(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+		       struct checkpoint_list *l);
 /* -ENOENT when missing, -EBADMSG when no slot is valid.  *damaged
  * (optional) reports a bad slot beside the one used. */
 int checkpoints_load(int dirfd, const struct superblock *sb, struct checkpoint_list *l,
 		     bool *damaged);
 /* Write l into the slot not holding `prev`; on success l records it. */
-int checkpoints_store(int dirfd, const struct superblock *sb,
+int checkpoints_store(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
 		      const struct checkpoint_list *prev, struct checkpoint_list *l);
 
 #endif

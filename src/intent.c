@@ -17,6 +17,7 @@ enum { IR_CLEAR, IR_PENDING, IR_DURABLE, IR_CLEARING };
 
 struct intent {
 	int fd;
+	const struct vt_fsops *ops;
 	uint64_t gen_tag;
 	unsigned region_shift;
 	uint32_t nregions;
@@ -84,7 +85,7 @@ static int geometry(const struct superblock *sb, uint64_t *region, uint32_t *nre
 	return 0;
 }
 
-int intent_create(int dirfd, const struct superblock *sb)
+int intent_create(int dirfd, const struct vt_fsops *ops, const struct superblock *sb)
 {
 	uint8_t *blk = aligned_alloc(MB_SIZE, MB_SIZE);
 	uint64_t region;
@@ -102,12 +103,12 @@ int intent_create(int dirfd, const struct superblock *sb)
 	/* Both slots valid from the start: an invalid one later is damage
 	 * or a torn commit, never "not written yet". */
 	encode(blk, n, region, NULL, 1, mb_gen_tag(&sb->generation));
-	err = file_pwrite_full(fd, blk, MB_SIZE, 0);
+	err = ops->pwrite(ops, fd, blk, MB_SIZE, 0);
 	encode(blk, n, region, NULL, 2, mb_gen_tag(&sb->generation));
 	if (!err)
-		err = file_pwrite_full(fd, blk, MB_SIZE, MB_SIZE);
-	if (!err && fdatasync(fd) < 0)
-		err = -errno;
+		err = ops->pwrite(ops, fd, blk, MB_SIZE, MB_SIZE);
+	if (!err)
+		err = ops->fdatasync(ops, fd);
 	close(fd);
 	if (!err && renameat(dirfd, INTENT_NAME ".tmp", dirfd, INTENT_NAME) < 0)
 		err = -errno;
@@ -117,7 +118,8 @@ int intent_create(int dirfd, const struct superblock *sb)
 	return err;
 }
 
-int intent_open(int dirfd, const struct superblock *sb, struct intent **out,
+int intent_open(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+		struct intent **out,
 		uint32_t *set, bool *doubt, bool *damaged)
 {
 	struct intent *in = calloc(1, sizeof(*in));
@@ -133,6 +135,7 @@ int intent_open(int dirfd, const struct superblock *sb, struct intent **out,
 		return -ENOMEM;
 	geometry(sb, &region, &n);
 	in->fd = -1;
+	in->ops = ops;
 	in->gen_tag = mb_gen_tag(&sb->generation);
 	in->region_shift = (unsigned)__builtin_ctzll(region);
 	in->nregions = n;
@@ -250,9 +253,9 @@ static int write_slot(struct intent *in)
 	int err;
 
 	encode(in->blk, in->nregions, intent_region_bytes(in), in->snap, in->seq + 1, in->gen_tag);
-	err = file_pwrite_full(in->fd, in->blk, MB_SIZE, (uint64_t)slot * MB_SIZE);
-	if (!err && fdatasync(in->fd) < 0)
-		err = -errno;
+	err = in->ops->pwrite(in->ops, in->fd, in->blk, MB_SIZE, (uint64_t)slot * MB_SIZE);
+	if (!err)
+		err = in->ops->fdatasync(in->ops, in->fd);
 	if (!err) {
 		in->seq++;
 		in->cur_slot = slot;
@@ -420,14 +423,35 @@ void intent_end(struct intent *in, uint64_t off, uint64_t len, unsigned tick)
 	}
 }
 
-int intent_clear_idle(struct intent *in, unsigned before)
+static bool idle_since(struct intent *in, uint32_t r, unsigned before)
+{
+	return (int)(atomic_load(&in->touch[r]) - before) < 0;
+}
+
+int intent_clear_idle(struct intent *in, unsigned before,
+		      int (*sync_data)(void *arg), void *arg)
 {
 	int n = 0, err = 0;
+	bool any = false;
+
+	/* A cheap unlocked look first: under steady writes nothing is idle,
+	 * and then the volume is not synced either. */
+	for (uint32_t r = 0; r < in->nregions && !any; r++)
+		any = atomic_load(&in->state[r]) == IR_DURABLE && idle_since(in, r, before);
+	if (!any)
+		return 0;
+	/* Every write that touched a region before `before` has completed;
+	 * make its data durable before its intent can go. */
+	if (sync_data) {
+		err = sync_data(arg);
+		if (err)
+			return err;
+	}
 
 	pthread_mutex_lock(&in->lock);
 	for (uint32_t r = 0; r < in->nregions; r++) {
 		uint8_t expect = IR_DURABLE;
-		if ((int)(atomic_load(&in->touch[r]) - before) >= 0)
+		if (!idle_since(in, r, before))
 			continue; /* touched at or after `before` */
 		if (!atomic_compare_exchange_strong(&in->state[r], &expect, IR_CLEARING))
 			continue;

@@ -28,6 +28,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "fsops.h"
 #include "superblock.h"
 
 #define INTENT_NAME "intent"
@@ -48,7 +49,7 @@ struct intent;
 uint64_t intent_region_size(uint64_t volume_size);
 
 /* An empty intent file. */
-int intent_create(int dirfd, const struct superblock *sb);
+int intent_create(int dirfd, const struct vt_fsops *ops, const struct superblock *sb);
 
 /*
  * Open and load.  Regions set on disk start DURABLE; *set receives how
@@ -57,7 +58,8 @@ int intent_create(int dirfd, const struct superblock *sb);
  * starts empty and *doubt is set: the caller must count the whole volume
  * as changed.
  */
-int intent_open(int dirfd, const struct superblock *sb, struct intent **out,
+int intent_open(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+		struct intent **out,
 		uint32_t *set, bool *doubt, bool *damaged);
 void intent_close(struct intent *in);
 
@@ -77,10 +79,14 @@ void intent_end(struct intent *in, uint64_t off, uint64_t len, unsigned tick);
 /*
  * Clear the regions no write has touched since tick `before` (exclusive)
  * and that have no write in flight, and wait for the commit.  The caller
- * guarantees the change map as of tick `before` is durable.  Returns
- * the number cleared, or -errno.
+ * guarantees the change map as of tick `before` is durable.  When any
+ * region qualifies, sync_data() is called first, so that the data of the
+ * writes being forgotten is durable too (a power cut could otherwise
+ * undo a write no intent covers any more).  Returns the number cleared,
+ * or -errno.
  */
-int intent_clear_idle(struct intent *in, unsigned before);
+int intent_clear_idle(struct intent *in, unsigned before,
+		      int (*sync_data)(void *arg), void *arg);
 
 /* With no writes in flight: clear everything, durably. */
 int intent_clear_all(struct intent *in);

@@ -15,6 +15,7 @@
 
 struct mapfile {
 	int fd;
+	const struct vt_fsops *ops;
 	uint32_t npages;
 	uint64_t gen_tag;
 	uint64_t seq;
@@ -57,7 +58,8 @@ static void page_fill(uint8_t blk[MB_SIZE], const struct changemap *cm, uint32_t
 	mb_seal(blk, PAGE_MAGIC, page, seq, tag);
 }
 
-int mapfile_create(int dirfd, const struct superblock *sb, const struct changemap *cm)
+int mapfile_create(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+		   const struct changemap *cm)
 {
 	uint8_t *blk = aligned_alloc(MB_SIZE, MB_SIZE);
 	uint64_t tag = mb_gen_tag(&sb->generation);
@@ -71,17 +73,17 @@ int mapfile_create(int dirfd, const struct superblock *sb, const struct changema
 		return -errno;
 	}
 	header_fill(blk, sb, cm);
-	err = file_pwrite_full(fd, blk, MB_SIZE, 0);
+	err = ops->pwrite(ops, fd, blk, MB_SIZE, 0);
 	/* Both slots of every page hold a valid copy from the start, so an
 	 * invalid slot later always means damage or a torn write. */
 	for (uint32_t p = 0; !err && p < cm->npages; p++) {
 		for (unsigned slot = 0; !err && slot < 2; slot++) {
 			page_fill(blk, cm, p, 1 + slot, tag);
-			err = file_pwrite_full(fd, blk, MB_SIZE, slot_offset(p, slot));
+			err = ops->pwrite(ops, fd, blk, MB_SIZE, slot_offset(p, slot));
 		}
 	}
-	if (!err && fdatasync(fd) < 0)
-		err = -errno;
+	if (!err)
+		err = ops->fdatasync(ops, fd);
 	close(fd);
 	if (!err && renameat(dirfd, MAPFILE_NAME ".tmp", dirfd, MAPFILE_NAME) < 0)
 		err = -errno;
@@ -191,8 +193,8 @@ static void load_damaged(void *arg, uint32_t page)
 		c->rep->first_bad = page;
 }
 
-int mapfile_open(int dirfd, const struct superblock *sb, struct changemap *cm,
-		 struct mapfile **out, struct mapfile_report *rep)
+int mapfile_open(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+		 struct changemap *cm, struct mapfile **out, struct mapfile_report *rep)
 {
 	struct mapfile *mf = calloc(1, sizeof(*mf));
 	int err;
@@ -201,6 +203,7 @@ int mapfile_open(int dirfd, const struct superblock *sb, struct changemap *cm,
 	if (!mf)
 		return -ENOMEM;
 	mf->npages = cm->npages;
+	mf->ops = ops;
 	mf->gen_tag = mb_gen_tag(&sb->generation);
 	mf->cur = malloc(cm->npages ? cm->npages : 1);
 	mf->heal = calloc(cm->npages ? cm->npages : 1, 1);
@@ -258,15 +261,16 @@ int mapfile_persist(struct mapfile *mf, struct changemap *cm)
 		unsigned slot = mf->cur[p] == 0 ? 1 : 0;
 		seq += 2;
 		page_fill(mf->buf, cm, p, seq, mf->gen_tag);
-		err = file_pwrite_full(mf->fd, mf->buf, MB_SIZE, slot_offset(p, slot));
+		err = mf->ops->pwrite(mf->ops, mf->fd, mf->buf, MB_SIZE, slot_offset(p, slot));
 		if (!err && mf->heal[p]) {
 			/* Damaged page: replace the other copy too, one older. */
 			page_fill(mf->buf, cm, p, seq - 1, mf->gen_tag);
-			err = file_pwrite_full(mf->fd, mf->buf, MB_SIZE, slot_offset(p, slot ^ 1));
+			err = mf->ops->pwrite(mf->ops, mf->fd, mf->buf, MB_SIZE,
+					      slot_offset(p, slot ^ 1));
 		}
 	}
-	if (!err && nwritten && fdatasync(mf->fd) < 0)
-		err = -errno;
+	if (!err && nwritten)
+		err = mf->ops->fdatasync(mf->ops, mf->fd);
 	for (uint32_t i = 0; i < nwritten; i++) {
 		uint32_t p = written[i];
 		if (err) {

@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "changemap.h"
+#include "fsops.h"
 #include "superblock.h"
 
 #define MAPFILE_NAME "changemap"
@@ -29,15 +30,16 @@ struct mapfile_report {
 };
 
 /* Write a complete map file from cm, atomically (tmp + rename). */
-int mapfile_create(int dirfd, const struct superblock *sb, const struct changemap *cm);
+int mapfile_create(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+		   const struct changemap *cm);
 
 /*
  * Load the newest valid version of every page into cm.  -ENOENT when the
  * file is missing, -EBADMSG when its header does not describe this
  * volume and generation: the caller must then doubt the whole map.
  */
-int mapfile_open(int dirfd, const struct superblock *sb, struct changemap *cm,
-		 struct mapfile **out, struct mapfile_report *rep);
+int mapfile_open(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+		 struct changemap *cm, struct mapfile **out, struct mapfile_report *rep);
 
 /* Raise the blocks of every damaged page to epoch e. */
 void mapfile_mark_lost(struct mapfile *mf, struct changemap *cm, uint8_t e);

@@ -13,6 +13,7 @@ struct metadir {
 	char *path;
 	int dirfd;
 	int lockfd;
+	const struct vt_fsops *ops;
 };
 
 #define SB_NAME "superblock"
@@ -35,6 +36,7 @@ int metadir_open(const char *path, bool create, struct metadir **out)
 	if (!md)
 		return -ENOMEM;
 	md->lockfd = -1;
+	md->ops = &vt_fsops_posix;
 	md->path = strdup(path);
 	md->dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (!md->path || md->dirfd < 0) {
@@ -61,6 +63,16 @@ void metadir_close(struct metadir *md)
 const char *metadir_path(const struct metadir *md)
 {
 	return md->path;
+}
+
+const struct vt_fsops *metadir_fsops(const struct metadir *md)
+{
+	return md->ops;
+}
+
+void metadir_set_fsops(struct metadir *md, const struct vt_fsops *ops)
+{
+	md->ops = ops;
 }
 
 int metadir_fd(const struct metadir *md)
@@ -111,22 +123,6 @@ static int read_full(int fd, void *buf, size_t len)
 	return 0;
 }
 
-static int write_full(int fd, const void *buf, size_t len)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t n = pwrite(fd, (const char *)buf + done, len - done, (off_t)done);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		done += (size_t)n;
-	}
-	return 0;
-}
-
 int metadir_read_superblock(struct metadir *md, struct superblock *sb)
 {
 	uint8_t block[SB_SIZE];
@@ -151,9 +147,9 @@ int metadir_write_superblock(struct metadir *md, const struct superblock *sb)
 	fd = openat(md->dirfd, SB_TMP_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -errno;
-	err = write_full(fd, block, sizeof(block));
-	if (!err && fdatasync(fd) < 0)
-		err = -errno;
+	err = md->ops->pwrite(md->ops, fd, block, sizeof(block), 0);
+	if (!err)
+		err = md->ops->fdatasync(md->ops, fd);
 	close(fd);
 	if (!err && renameat(md->dirfd, SB_TMP_NAME, md->dirfd, SB_NAME) < 0)
 		err = -errno;

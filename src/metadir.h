@@ -13,6 +13,7 @@
 
 #include <stdbool.h>
 
+#include "fsops.h"
 #include "superblock.h"
 
 struct metadir;
@@ -27,6 +28,11 @@ void metadir_close(struct metadir *md);
 const char *metadir_path(const struct metadir *md);
 /* The directory's descriptor, for openat(); owned by md. */
 int metadir_fd(const struct metadir *md);
+
+/* How metadata is written and synced (vt_fsops_posix unless a test
+ * says otherwise); every metadata file in the directory uses these. */
+const struct vt_fsops *metadir_fsops(const struct metadir *md);
+void metadir_set_fsops(struct metadir *md, const struct vt_fsops *ops);
 
 /* PATH/name in a new string; NULL on allocation failure. */
 char *metadir_file(const struct metadir *md, const char *name);

@@ -12,6 +12,7 @@
 
 struct tracker {
 	struct metadir *md;
+	const struct vt_fsops *ops;
 	int dirfd;
 	struct superblock sb;
 	struct changemap cm;
@@ -36,6 +37,7 @@ void tracker_config_defaults(struct tracker_config *cfg)
 {
 	cfg->persist_interval_ms = 1000;
 	cfg->idle_ticks = 2;
+	cfg->volume_fd = -1;
 }
 
 const char *tracker_start_name(enum tracker_start s)
@@ -53,20 +55,21 @@ int tracker_format(struct metadir *md, const struct superblock *sb)
 {
 	struct changemap cm;
 	static struct checkpoint_list empty = { .n = 0, .open_epoch = 1 };
+	const struct vt_fsops *ops = metadir_fsops(md);
 	int dirfd = metadir_fd(md);
 	int err = changemap_init(&cm, sb->volume_size, sb->granularity);
 
 	if (err)
 		return err;
-	err = mapfile_create(dirfd, sb, &cm);
+	err = mapfile_create(dirfd, ops, sb, &cm);
 	if (!err)
-		err = intent_create(dirfd, sb);
+		err = intent_create(dirfd, ops, sb);
 	if (!err) {
 		struct checkpoint_list *l = malloc(sizeof(*l));
 		err = l ? 0 : -ENOMEM;
 		if (l) {
 			*l = empty;
-			err = checkpoints_create(dirfd, sb, l);
+			err = checkpoints_create(dirfd, ops, sb, l);
 			free(l);
 		}
 	}
@@ -107,11 +110,11 @@ static int reset_history(struct tracker *t, bool keep_checkpoints)
 		t->ckpts.open_epoch = 1;
 	}
 	changemap_raise_all(&t->cm, t->ckpts.open_epoch);
-	err = mapfile_create(t->dirfd, &t->sb, &t->cm);
+	err = mapfile_create(t->dirfd, t->ops, &t->sb, &t->cm);
 	if (!err)
-		err = intent_create(t->dirfd, &t->sb);
+		err = intent_create(t->dirfd, t->ops, &t->sb);
 	if (!err)
-		err = checkpoints_create(t->dirfd, &t->sb, &t->ckpts);
+		err = checkpoints_create(t->dirfd, t->ops, &t->sb, &t->ckpts);
 	if (!err)
 		err = store_superblock(t);
 	return err;
@@ -142,6 +145,7 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 	if (!t)
 		return -ENOMEM;
 	t->md = md;
+	t->ops = metadir_fsops(md);
 	t->dirfd = metadir_fd(md);
 	t->cfg = *cfg;
 	pthread_mutex_init(&t->lock, NULL);
@@ -166,7 +170,7 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 		vt_warn("checkpoint list: one copy damaged; using the other and rewriting it");
 		if (copy) {
 			*copy = t->ckpts;
-			if (checkpoints_store(t->dirfd, &t->sb, &t->ckpts, copy) == 0)
+			if (checkpoints_store(t->dirfd, t->ops, &t->sb, &t->ckpts, copy) == 0)
 				t->ckpts = *copy;
 			free(copy);
 		}
@@ -183,7 +187,7 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 
 	/* 2. the persisted map */
 	if (t->info.start != TRACKER_START_RESET) {
-		err = mapfile_open(t->dirfd, &t->sb, &t->cm, &t->mf, &rep);
+		err = mapfile_open(t->dirfd, t->ops, &t->sb, &t->cm, &t->mf, &rep);
 		if (err == -ENOENT || err == -EBADMSG) {
 			map_doubt = true;
 		} else if (err) {
@@ -198,7 +202,7 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 
 	/* 3. the intents */
 	if (t->info.start != TRACKER_START_RESET) {
-		err = intent_open(t->dirfd, &t->sb, &t->in, &set, &intent_doubt, &intent_damaged);
+		err = intent_open(t->dirfd, t->ops, &t->sb, &t->in, &set, &intent_doubt, &intent_damaged);
 		if (err == -ENOENT) {
 			intent_doubt = true;
 		} else if (err) {
@@ -243,12 +247,12 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 
 	/* Reopen what reset_history rewrote. */
 	if (!t->mf) {
-		err = mapfile_open(t->dirfd, &t->sb, &t->cm, &t->mf, &rep);
+		err = mapfile_open(t->dirfd, t->ops, &t->sb, &t->cm, &t->mf, &rep);
 		if (err)
 			goto fail;
 	}
 	if (!t->in) {
-		err = intent_open(t->dirfd, &t->sb, &t->in, &set, &intent_doubt, &intent_damaged);
+		err = intent_open(t->dirfd, t->ops, &t->sb, &t->in, &set, &intent_doubt, &intent_damaged);
 		if (err)
 			goto fail;
 	}
@@ -294,6 +298,13 @@ fail:
 	return err;
 }
 
+static int sync_volume(void *arg)
+{
+	struct tracker *t = arg;
+
+	return t->cfg.volume_fd < 0 ? 0 : t->ops->fdatasync(t->ops, t->cfg.volume_fd);
+}
+
 /* One flusher turn: persist the map, then clear idle intents. */
 static int persist_and_clear(struct tracker *t)
 {
@@ -313,7 +324,7 @@ static int persist_and_clear(struct tracker *t)
 	pthread_mutex_unlock(&t->lock);
 	if (err)
 		return err;
-	int cleared = intent_clear_idle(t->in, now - t->cfg.idle_ticks);
+	int cleared = intent_clear_idle(t->in, now - t->cfg.idle_ticks, sync_volume, t);
 	return cleared < 0 ? cleared : 0;
 }
 
@@ -443,7 +454,7 @@ int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *o
 	c->epoch = next.open_epoch;
 	c->created = (uint64_t)time(NULL);
 	next.open_epoch++;
-	err = checkpoints_store(t->dirfd, &t->sb, &t->ckpts, &next);
+	err = checkpoints_store(t->dirfd, t->ops, &t->sb, &t->ckpts, &next);
 	if (!err) {
 		/* The instant of the checkpoint: writes marked from now on
 		 * belong to the new epoch. */

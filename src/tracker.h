@@ -62,6 +62,7 @@ struct tracker_info {
 struct tracker_config {
 	unsigned persist_interval_ms;	/* how often the map is written */
 	unsigned idle_ticks;		/* persists a region must sit idle before clearing */
+	int volume_fd;			/* synced before intents are cleared; -1: none */
 };
 
 void tracker_config_defaults(struct tracker_config *cfg);

@@ -1,0 +1,22 @@
+#include "fsops.h"
+
+#include <errno.h>
+#include <unistd.h>
+
+#include "metablock.h"
+
+static int posix_pwrite(const struct vt_fsops *ops, int fd, const void *buf, size_t len,
+			uint64_t off)
+{
+	return file_pwrite_full(fd, buf, len, off);
+}
+
+static int posix_fdatasync(const struct vt_fsops *ops, int fd)
+{
+	return fdatasync(fd) < 0 ? -errno : 0;
+}
+
+const struct vt_fsops vt_fsops_posix = {
+	.pwrite = posix_pwrite,
+	.fdatasync = posix_fdatasync,
+};
