@@ -1,77 +1,102 @@
 #!/bin/bash
 # Side-by-side write-path benchmark: the same fio jobs, in one run, against
 # voltrack and the servers users would otherwise pick.  Prints IOPS, p99
-# latency and voltrack's ratio to each peer, and voltrack's peak RSS.
+# latency and voltrack's ratio to each peer, its peak RSS, and the
+# tracking figures of tracking.sh.
 #
-#   bench/run.sh [SIZE] [RUNTIME_SECONDS]      (defaults: 1G 10)
+#   bench/run.sh [SIZE] [RUNTIME_SECONDS] [ROUNDS]     (defaults: 1G 5 3)
 #
-# The machine is shared by client and server, so absolute numbers move
-# from run to run; the ratios within one run are what to compare.
+# Client and server share two noisy cores, so single runs swing by 20%.
+# Servers therefore take turns, ROUNDS times and in a rotating order, each
+# restarted on a fresh file, and the table shows medians.
 set -euo pipefail
 export PATH=/usr/bin:/bin:/usr/sbin:/sbin:$PATH
-SIZE=${1:-1G} RT=${2:-10}
+SIZE=${1:-1G} RT=${2:-5} ROUNDS=${3:-3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 VOLTRACK=${VOLTRACK:-$HERE/../build/voltrack}
 W=$(mktemp -d -t voltrack-bench.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
 
 JOBS=("randw4k-qd32 randwrite 4k 32" "seqw1m-qd8 write 1m 8" "randr4k-qd32 randread 4k 32")
+SERVERS=(voltrack voltrack-no-track nbdkit-file qsd-raw qsd-qcow2-bitmap)
 
-fio_job() { # server job uri rw bs depth
-	fio --name="$2" --ioengine=nbd --uri="$3" --rw="$4" --bs="$5" --iodepth="$6" \
-	    --size="$SIZE" --time_based --runtime="$RT" --ramp_time=1 --numjobs=1 \
-	    --output-format=json --output="$W/$1.$2.json" >/dev/null 2>"$W/$1.$2.err" ||
-		echo "$1 $2 FAILED: $(tail -1 "$W/$1.$2.err")" >&2
-}
 wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; return 1; }
-workloads() { # server uri
-	for j in "${JOBS[@]}"; do set -- $j; fio_job "$SERVER" "$1" "$URI" "$2" "$3" "$4"; done
+
+# Reads run on a volume full of data: on an empty one, qcow2 answers
+# from its tables without reading, which measures nothing useful.
+head -c "$SIZE" /dev/urandom >"$W/full.raw"
+qemu-img convert -q -O qcow2 "$W/full.raw" "$W/full.qcow2"
+qemu-img bitmap --add "$W/full.qcow2" b0
+
+image() { # kind(raw|qcow2) destination full(0|1)
+	if [ "$3" = 1 ]; then
+		cp "$W/full.$1" "$2"
+	elif [ "$1" = raw ]; then
+		truncate -s "$SIZE" "$2"
+	else
+		qemu-img create -q -f qcow2 "$2" "$SIZE"
+		qemu-img bitmap --add "$2" b0
+	fi
 }
 
-# voltrack
-truncate -s "$SIZE" "$W/vt.img"
-"$VOLTRACK" init "$W/vt.img" >/dev/null
-"$VOLTRACK" serve "$W/vt.img" 2>"$W/vt.log" & VT=$!
-wait_sock "$W/vt.img.voltrack/nbd.sock"
-SERVER=voltrack URI="nbd+unix:///?socket=$W/vt.img.voltrack/nbd.sock" workloads
-grep VmHWM "/proc/$VT/status" | awk '{print $2}' >"$W/voltrack.rss"
-kill -TERM $VT; wait $VT
+start() { # server full -> sets PID and URI
+	local d="$W/$1"
+	rm -rf "$d"; mkdir -p "$d"
+	case $1 in
+	voltrack|voltrack-no-track)
+		image raw "$d/v.img" "$2"
+		"$VOLTRACK" init "$d/v.img" >/dev/null
+		local extra=(); [ "$1" = voltrack-no-track ] && extra=(--no-track)
+		"$VOLTRACK" serve "$d/v.img" "${extra[@]}" 2>"$d/log" & PID=$!
+		URI="nbd+unix:///?socket=$d/v.img.voltrack/nbd.sock"
+		wait_sock "$d/v.img.voltrack/nbd.sock" ;;
+	nbdkit-file)
+		image raw "$d/raw.img" "$2"
+		nbdkit --foreground --unix "$d/s" file "$d/raw.img" & PID=$!
+		URI="nbd+unix:///?socket=$d/s"
+		wait_sock "$d/s" ;;
+	qsd-raw)
+		image raw "$d/raw.img" "$2"
+		qemu-storage-daemon --blockdev driver=file,node-name=f,filename="$d/raw.img" \
+			--nbd-server addr.type=unix,addr.path="$d/s" \
+			--export type=nbd,id=e,node-name=f,name=,writable=on & PID=$!
+		URI="nbd+unix:///?socket=$d/s"
+		wait_sock "$d/s" ;;
+	qsd-qcow2-bitmap)
+		image qcow2 "$d/cbt.qcow2" "$2"
+		qemu-storage-daemon --blockdev driver=file,node-name=f,filename="$d/cbt.qcow2" \
+			--blockdev driver=qcow2,node-name=q,file=f \
+			--nbd-server addr.type=unix,addr.path="$d/s" \
+			--export type=nbd,id=e,node-name=q,name=,writable=on & PID=$!
+		URI="nbd+unix:///?socket=$d/s"
+		wait_sock "$d/s" ;;
+	esac
+}
 
-# voltrack with tracking off: the cost of tracking is the ratio to this
-truncate -s "$SIZE" "$W/nt.img"
-"$VOLTRACK" init "$W/nt.img" >/dev/null
-"$VOLTRACK" serve "$W/nt.img" --no-track 2>"$W/nt.log" & NT=$!
-wait_sock "$W/nt.img.voltrack/nbd.sock"
-SERVER=voltrack-no-track URI="nbd+unix:///?socket=$W/nt.img.voltrack/nbd.sock" workloads
-kill -TERM $NT; wait $NT
+for round in $(seq "$ROUNDS"); do
+	for j in "${JOBS[@]}"; do
+		set -- $j
+		full=0; [ "$2" = randread ] && full=1
+		# Rotate the order each round: a server must not always follow
+		# the same predecessor (whose dirty pages may still be going).
+		n=${#SERVERS[@]}
+		for k in $(seq 0 $((n - 1))); do
+			server=${SERVERS[$(( (k + round) % n ))]}
+			start "$server" "$full"
+			fio --name="$1" --ioengine=nbd --uri="$URI" --rw="$2" --bs="$3" --iodepth="$4" \
+			    --size="$SIZE" --time_based --runtime="$RT" --ramp_time=1 --numjobs=1 \
+			    --output-format=json --output="$W/$server.$1.$round.json" >/dev/null \
+			    2>"$W/$server.$1.err" || echo "$server $1 FAILED: $(tail -1 "$W/$server.$1.err")" >&2
+			if [ "$server" = voltrack ]; then
+				awk '/VmHWM/ {print $2}' "/proc/$PID/status" >>"$W/voltrack.rss"
+			fi
+			kill -TERM $PID; wait $PID 2>/dev/null || true
+			rm -rf "$W/$server"
+			sync
+		done
+	done
+done
 
-# nbdkit file plugin: plain passthrough
-truncate -s "$SIZE" "$W/raw.img"
-nbdkit --foreground --unix "$W/nbdkit.sock" file "$W/raw.img" & P=$!
-wait_sock "$W/nbdkit.sock"
-SERVER=nbdkit-file URI="nbd+unix:///?socket=$W/nbdkit.sock" workloads
-kill $P; wait $P 2>/dev/null || true
-
-# qemu-storage-daemon on a raw file
-truncate -s "$SIZE" "$W/raw2.img"
-qemu-storage-daemon --blockdev driver=file,node-name=f,filename="$W/raw2.img" \
-	--nbd-server addr.type=unix,addr.path="$W/qsd.sock" \
-	--export type=nbd,id=e,node-name=f,name=,writable=on & P=$!
-wait_sock "$W/qsd.sock"
-SERVER=qsd-raw URI="nbd+unix:///?socket=$W/qsd.sock" workloads
-kill $P; wait $P 2>/dev/null || true
-
-# qemu-storage-daemon, qcow2 with a persistent dirty bitmap: QEMU's CBT
-qemu-img create -q -f qcow2 "$W/cbt.qcow2" "$SIZE"
-qemu-img bitmap --add "$W/cbt.qcow2" b0
-qemu-storage-daemon --blockdev driver=file,node-name=f,filename="$W/cbt.qcow2" \
-	--blockdev driver=qcow2,node-name=q,file=f \
-	--nbd-server addr.type=unix,addr.path="$W/qsdb.sock" \
-	--export type=nbd,id=e,node-name=q,name=,writable=on & P=$!
-wait_sock "$W/qsdb.sock"
-SERVER=qsd-qcow2-bitmap URI="nbd+unix:///?socket=$W/qsdb.sock" workloads
-kill $P; wait $P 2>/dev/null || true
-
-python3 "$HERE/report.py" "$W" voltrack voltrack-no-track nbdkit-file qsd-raw qsd-qcow2-bitmap
+python3 "$HERE/report.py" "$W" "$ROUNDS" "${SERVERS[@]}"
 echo
 "$HERE/tracking.sh" "$VOLTRACK"

@@ -45,6 +45,7 @@ enum vio_op {
 };
 
 #define VIO_F_DSYNC 1u		/* write through to stable storage */
+#define VIO_F_INLINE 2u		/* cheap enough to run on the submitting thread */
 
 struct vio_stream;
 

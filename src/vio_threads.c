@@ -44,10 +44,14 @@ static void threads_submit(struct vio_engine *eng, struct vio_req *req)
 {
 	struct threads_engine *t = to_threads(eng);
 
-	if (req->op == VIO_STREAM_READ || req->op == VIO_STREAM_WRITE)
+	if (req->op == VIO_STREAM_READ || req->op == VIO_STREAM_WRITE) {
 		list_push(&t->try_head, &t->try_tail, req);
-	else
+	} else if (req->flags & VIO_F_INLINE) {
+		vio_exec_sync(req);
+		list_push(&t->ready_head, &t->ready_tail, req);
+	} else {
 		vio_pool_submit(t->pool, req);
+	}
 }
 
 /* Try a stream op now; park it on EAGAIN, else mark it finished. */

@@ -123,21 +123,33 @@ static void backlog_push(struct uring_engine *u, struct vio_req *req)
 	u->backlog_tail = req;
 }
 
+static void ready_push(struct uring_engine *u, struct vio_req *req)
+{
+	req->next = NULL;
+	if (u->ready_tail)
+		u->ready_tail->next = req;
+	else
+		u->ready_head = req;
+	u->ready_tail = req;
+}
+
 static void uring_submit(struct vio_engine *eng, struct vio_req *req)
 {
 	struct uring_engine *u = to_uring(eng);
 
+	if (req->flags & VIO_F_INLINE) {
+		/* Completes on the next vio_run(), never inside submit. */
+		vio_exec_sync(req);
+		ready_push(u, req);
+		return;
+	}
 	if (vio_op_blocks((enum vio_op)req->op)) {
 		if (!u->helper) {
 			int err = vio_pool_create(1, u->wake_fd, &u->helper);
 			if (err) {
 				/* Without a helper, run it here: slow but correct. */
 				vio_exec_sync(req);
-				if (u->ready_tail)
-					u->ready_tail->next = req;
-				else
-					u->ready_head = req;
-				u->ready_tail = req;
+				ready_push(u, req);
 				return;
 			}
 		}

@@ -125,7 +125,10 @@ void volume_prep_write(struct volume *vol, struct vio_req *req,
 	req->iov = iov;
 	req->iovcnt = iovcnt;
 	req->off = off;
-	req->flags = fua ? VIO_F_DSYNC : 0;
+	if (fua)
+		req->flags = VIO_F_DSYNC;
+	else if (vio_iov_length(iov, iovcnt) <= VOLUME_INLINE_WRITE_MAX)
+		req->flags = VIO_F_INLINE;
 }
 
 void volume_prep_flush(struct volume *vol, struct vio_req *req)

@@ -39,6 +39,15 @@ void volume_close(struct volume *vol);
 
 void volume_prep_read(struct volume *vol, struct vio_req *req,
 		      struct iovec *iov, unsigned iovcnt, uint64_t off);
+/*
+ * Small buffered writes are marked VIO_F_INLINE: copying a few pages into
+ * the page cache costs a few microseconds, while io_uring, on filesystems
+ * without non-blocking buffered writes (ext4), hands each one to a kernel
+ * worker thread.  Large writes still go asynchronous, where the copy runs
+ * on another core; FUA writes too, since they wait for the disk.
+ */
+#define VOLUME_INLINE_WRITE_MAX (64u << 10)
+
 void volume_prep_write(struct volume *vol, struct vio_req *req,
 		       struct iovec *iov, unsigned iovcnt, uint64_t off, bool fua);
 void volume_prep_flush(struct volume *vol, struct vio_req *req);
