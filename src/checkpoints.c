@@ -111,16 +111,8 @@ int checkpoints_create(int dirfd, const struct vt_fsops *ops, const struct super
 		err = write_slot(ops, fd, sb, payload, nblocks, 0, 1, blk);
 	if (!err)
 		err = write_slot(ops, fd, sb, payload, nblocks, 1, 2, blk);
-	if (!err)
-		err = ops->fdatasync(ops, fd);
-	close(fd);
-	if (!err && renameat(dirfd, CHECKPOINTS_NAME ".tmp", dirfd, CHECKPOINTS_NAME) < 0)
-		err = -errno;
-	if (!err && fsync(dirfd) < 0)
-		err = -errno;
-	if (err) {
-		unlinkat(dirfd, CHECKPOINTS_NAME ".tmp", 0);
-	} else {
+	err = vt_replace_file(ops, dirfd, fd, CHECKPOINTS_NAME ".tmp", CHECKPOINTS_NAME, err);
+	if (!err) {
 		l->slot = 1;
 		l->seq = 2;
 	}

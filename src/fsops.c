@@ -1,6 +1,7 @@
 #include "fsops.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include "metablock.h"
@@ -20,3 +21,18 @@ const struct vt_fsops vt_fsops_posix = {
 	.pwrite = posix_pwrite,
 	.fdatasync = posix_fdatasync,
 };
+
+int vt_replace_file(const struct vt_fsops *ops, int dirfd, int fd, const char *tmp_name,
+		    const char *name, int err)
+{
+	if (!err)
+		err = ops->fdatasync(ops, fd);
+	close(fd);
+	if (!err && renameat(dirfd, tmp_name, dirfd, name) < 0)
+		err = -errno;
+	if (!err && fsync(dirfd) < 0)
+		err = -errno;
+	if (err)
+		unlinkat(dirfd, tmp_name, 0);
+	return err;
+}

@@ -22,4 +22,14 @@ struct vt_fsops {
 
 extern const struct vt_fsops vt_fsops_posix;
 
+/*
+ * Finish a file written in full under dirfd/tmp_name: sync it, close fd,
+ * rename it over dirfd/name and sync the directory, so that after a
+ * crash either the old file or the whole new one is there.  `err` is the
+ * outcome of writing it; on any failure the temporary file is removed.
+ * Returns the first error, or 0.
+ */
+int vt_replace_file(const struct vt_fsops *ops, int dirfd, int fd, const char *tmp_name,
+		    const char *name, int err);
+
 #endif

@@ -107,13 +107,7 @@ int intent_create(int dirfd, const struct vt_fsops *ops, const struct superblock
 	encode(blk, n, region, NULL, 2, mb_gen_tag(&sb->generation));
 	if (!err)
 		err = ops->pwrite(ops, fd, blk, MB_SIZE, MB_SIZE);
-	if (!err)
-		err = ops->fdatasync(ops, fd);
-	close(fd);
-	if (!err && renameat(dirfd, INTENT_NAME ".tmp", dirfd, INTENT_NAME) < 0)
-		err = -errno;
-	if (!err && fsync(dirfd) < 0)
-		err = -errno;
+	err = vt_replace_file(ops, dirfd, fd, INTENT_NAME ".tmp", INTENT_NAME, err);
 	free(blk);
 	return err;
 }

@@ -82,15 +82,7 @@ int mapfile_create(int dirfd, const struct vt_fsops *ops, const struct superbloc
 			err = ops->pwrite(ops, fd, blk, MB_SIZE, slot_offset(p, slot));
 		}
 	}
-	if (!err)
-		err = ops->fdatasync(ops, fd);
-	close(fd);
-	if (!err && renameat(dirfd, MAPFILE_NAME ".tmp", dirfd, MAPFILE_NAME) < 0)
-		err = -errno;
-	if (!err && fsync(dirfd) < 0)
-		err = -errno;
-	if (err)
-		unlinkat(dirfd, MAPFILE_NAME ".tmp", 0);
+	err = vt_replace_file(ops, dirfd, fd, MAPFILE_NAME ".tmp", MAPFILE_NAME, err);
 	free(blk);
 	return err;
 }

@@ -148,14 +148,5 @@ int metadir_write_superblock(struct metadir *md, const struct superblock *sb)
 	if (fd < 0)
 		return -errno;
 	err = md->ops->pwrite(md->ops, fd, block, sizeof(block), 0);
-	if (!err)
-		err = md->ops->fdatasync(md->ops, fd);
-	close(fd);
-	if (!err && renameat(md->dirfd, SB_TMP_NAME, md->dirfd, SB_NAME) < 0)
-		err = -errno;
-	if (!err && fsync(md->dirfd) < 0)
-		err = -errno;
-	if (err)
-		unlinkat(md->dirfd, SB_TMP_NAME, 0);
-	return err;
+	return vt_replace_file(md->ops, md->dirfd, fd, SB_TMP_NAME, SB_NAME, err);
 }
