@@ -184,27 +184,6 @@ static int cmd_changes(struct tracker *t, int argc, char **argv, FILE *out)
 	return 0;
 }
 
-/* Changed bytes since each epoch, from one pass over the map. */
-static void changed_per_epoch(const struct changemap *cm, uint64_t since_bytes[256])
-{
-	uint64_t count[256] = { 0 };
-
-	for (uint64_t b = 0; b < cm->nblocks; b++)
-		count[atomic_load_explicit(&cm->epoch[b], memory_order_relaxed)]++;
-	uint64_t above = 0;
-	for (int e = 255; e >= 0; e--) {
-		since_bytes[e] = above << cm->gran_shift;
-		above += count[e];
-	}
-	/* The last block may be partial; count it exactly. */
-	uint64_t tail = cm->nblocks << cm->gran_shift;
-	if (tail > cm->volume_size) {
-		uint8_t last = atomic_load_explicit(&cm->epoch[cm->nblocks - 1], memory_order_relaxed);
-		for (int e = 0; e < last; e++)
-			since_bytes[e] -= tail - cm->volume_size;
-	}
-}
-
 static int cmd_list(struct tracker *t, int argc, char **argv, FILE *out)
 {
 	struct opts o;
@@ -216,7 +195,7 @@ static int cmd_list(struct tracker *t, int argc, char **argv, FILE *out)
 	if (argc != o.first_arg)
 		return fail(out, 2, "list takes no arguments");
 	tracker_checkpoints(t, &l);
-	changed_per_epoch(tracker_map(t), since);
+	changemap_changed_since(tracker_map(t), since);
 	if (o.json)
 		fputs("[", out);
 	else if (l.n)

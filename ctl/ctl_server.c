@@ -36,18 +36,13 @@ static uint64_t now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* Read a request; returns its length, or -errno. */
+/* Read a request up to the client's end of stream; its length or -errno. */
 static int read_request(int fd, char *buf)
 {
 	uint64_t deadline = now_ms() + REQUEST_TIMEOUT_MS;
 	size_t len = 0;
 
 	for (;;) {
-		/* complete when it ends in two NULs (or is just one) */
-		if ((len == 1 && buf[0] == 0) || (len >= 2 && buf[len - 1] == 0 && buf[len - 2] == 0))
-			return (int)len;
-		if (len == MAX_REQUEST)
-			return -E2BIG;
 		uint64_t now = now_ms();
 		if (now >= deadline)
 			return -ETIMEDOUT;
@@ -56,14 +51,31 @@ static int read_request(int fd, char *buf)
 			return -ETIMEDOUT;
 		ssize_t n = recv(fd, buf + len, MAX_REQUEST - len, MSG_DONTWAIT);
 		if (n == 0)
-			return -ECONNRESET;
+			return (int)len;
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EINTR)
 				continue;
 			return -errno;
 		}
 		len += (size_t)n;
+		if (len == MAX_REQUEST)
+			return -E2BIG;
 	}
+}
+
+/* Split NUL-terminated arguments; -EINVAL if malformed, -E2BIG if too many. */
+static int split_request(char *buf, int len, char **argv)
+{
+	int argc = 0;
+
+	if (len == 0 || buf[len - 1] != 0)
+		return -EINVAL;
+	for (int pos = 0; pos < len; pos += (int)strlen(buf + pos) + 1) {
+		if (argc == MAX_ARGS)
+			return -E2BIG;
+		argv[argc++] = buf + pos;
+	}
+	return argc;
 }
 
 static void serve_one(struct ctl_server *s, int fd)
@@ -82,14 +94,14 @@ static void serve_one(struct ctl_server *s, int fd)
 		free(buf);
 		return;
 	}
-	if (len < 0) {
-		fprintf(out, "voltrack: bad control request: %s\n", strerror(-len));
+	if (len >= 0)
+		argc = split_request(buf, len, argv);
+	if (len < 0 || argc < 0) {
+		int err = len < 0 ? len : argc;
+		fprintf(out, "voltrack: bad control request: %s\n",
+			err == -EINVAL ? "arguments must each end in a NUL byte" : strerror(-err));
 		status = 2;
 	} else {
-		for (int pos = 0; pos < len - 1 && argc < MAX_ARGS; ) {
-			argv[argc++] = buf + pos;
-			pos += (int)strlen(buf + pos) + 1;
-		}
 		status = ctl_run(s->t, s->md, argc, argv, out);
 	}
 	fclose(out);
@@ -205,10 +217,31 @@ int ctl_client_call(const char *path, int argc, char **argv)
 		close(fd);
 		return err;
 	}
+	/* One buffer, then end of stream: that is the whole request. */
+	size_t total = 0;
 	for (int i = 0; i < argc; i++)
-		if (send(fd, argv[i], strlen(argv[i]) + 1, MSG_NOSIGNAL) < 0)
-			goto broken;
-	if (send(fd, "", 1, MSG_NOSIGNAL) < 0)
+		total += strlen(argv[i]) + 1;
+	char *req = malloc(total ? total : 1);
+	if (!req) {
+		close(fd);
+		return -ENOMEM;
+	}
+	size_t pos = 0;
+	for (int i = 0; i < argc; i++) {
+		size_t n = strlen(argv[i]) + 1;
+		memcpy(req + pos, argv[i], n);
+		pos += n;
+	}
+	int sent_err = 0;
+	for (size_t done = 0; done < total && !sent_err;) {
+		ssize_t n = send(fd, req + done, total - done, MSG_NOSIGNAL);
+		if (n < 0 && errno != EINTR)
+			sent_err = -errno;
+		else if (n > 0)
+			done += (size_t)n;
+	}
+	free(req);
+	if (sent_err || shutdown(fd, SHUT_WR) < 0)
 		goto broken;
 	for (;;) {
 		ssize_t n = recv(fd, buf, sizeof(buf), 0);

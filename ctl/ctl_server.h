@@ -3,10 +3,11 @@
  * `voltrack serve`, through which the CLI's tracking commands reach the
  * live tracker.
  *
- * Wire format: the client sends its arguments, each terminated by a NUL
- * byte, then one more NUL.  The server answers one byte, the exit status
+ * Wire format (doc/control.md): the client sends its arguments, each
+ * terminated by a NUL byte, and shuts down its sending side; end of
+ * stream ends the request.  The server answers one byte, the exit status
  * ('0', '1' or '2'), then the command's output, and closes.  Requests
- * are bounded (64 KiB, 5 s) and served one at a time.
+ * are bounded (64 KiB, 64 arguments, 5 s) and served one at a time.
  */
 #ifndef VOLTRACK_CTL_SERVER_H
 #define VOLTRACK_CTL_SERVER_H

@@ -90,20 +90,22 @@ uint64_t changemap_run(const struct changemap *cm, uint64_t off, uint64_t max_le
 	return run_end - off;
 }
 
-uint64_t changemap_changed_bytes(const struct changemap *cm, uint8_t since)
+void changemap_changed_since(const struct changemap *cm, uint64_t bytes[256])
 {
-	uint64_t n = 0;
+	uint64_t count[256] = { 0 };
+	uint64_t above = 0;
 
 	for (uint64_t b = 0; b < cm->nblocks; b++)
-		if (atomic_load_explicit(&cm->epoch[b], memory_order_relaxed) > since)
-			n++;
-	if (n == 0)
-		return 0;
-	uint64_t bytes = n << cm->gran_shift;
-	/* The last block may be partial. */
+		count[atomic_load_explicit(&cm->epoch[b], memory_order_relaxed)]++;
+	for (int e = 255; e >= 0; e--) {
+		bytes[e] = above << cm->gran_shift;
+		above += count[e];
+	}
 	uint64_t tail = cm->nblocks << cm->gran_shift;
-	if (tail > cm->volume_size &&
-	    atomic_load_explicit(&cm->epoch[cm->nblocks - 1], memory_order_relaxed) > since)
-		bytes -= tail - cm->volume_size;
-	return bytes;
+	if (tail > cm->volume_size) {
+		uint8_t last = atomic_load_explicit(&cm->epoch[cm->nblocks - 1],
+						    memory_order_relaxed);
+		for (int e = 0; e < last; e++)
+			bytes[e] -= tail - cm->volume_size;
+	}
 }

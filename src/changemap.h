@@ -50,8 +50,9 @@ void changemap_raise_all(struct changemap *cm, uint8_t e);
 uint64_t changemap_run(const struct changemap *cm, uint64_t off, uint64_t max_len,
 		       uint8_t since, bool *changed);
 
-/* Bytes of the volume changed since epoch `since`. */
-uint64_t changemap_changed_bytes(const struct changemap *cm, uint8_t since);
+/* For every epoch e, the bytes of the volume changed since e, from one
+ * pass over the map (a partial last block counts its real size). */
+void changemap_changed_since(const struct changemap *cm, uint64_t bytes[256]);
 
 static inline uint32_t changemap_page_blocks(const struct changemap *cm, uint32_t page)
 {

@@ -240,6 +240,18 @@ uint32_t intent_count_set(struct intent *in)
 	return n;
 }
 
+/* After `snap` is durable: only now may the in-memory states follow. */
+static void states_follow_disk(struct intent *in)
+{
+	for (uint32_t r = 0; r < in->nregions; r++) {
+		uint8_t st = atomic_load(&in->state[r]);
+		if (bit(in->snap, r) && st == IR_PENDING)
+			atomic_store(&in->state[r], IR_DURABLE);
+		else if (!bit(in->snap, r) && st == IR_CLEARING)
+			atomic_store(&in->state[r], IR_CLEAR);
+	}
+}
+
 /* Write `snap` into the older slot and make it durable.  Unlocked. */
 static int write_slot(struct intent *in)
 {
@@ -279,14 +291,7 @@ static void *committer(void *arg)
 			vt_error("write-intent commit failed: %s; writes into new regions fail with EIO",
 				 strerror(-err));
 		} else {
-			/* Only now may the in-memory states follow the disk. */
-			for (uint32_t r = 0; r < in->nregions; r++) {
-				uint8_t st = atomic_load(&in->state[r]);
-				if (bit(in->snap, r) && st == IR_PENDING)
-					atomic_store(&in->state[r], IR_DURABLE);
-				else if (!bit(in->snap, r) && st == IR_CLEARING)
-					atomic_store(&in->state[r], IR_CLEAR);
-			}
+			states_follow_disk(in);
 		}
 		in->finished_gen = gen;
 		in->finished_err = err;
@@ -343,13 +348,8 @@ static int commit_locked(struct intent *in)
 		/* No committer (offline use): write it here. */
 		memcpy(in->snap, in->wanted, (in->nregions + 7) / 8);
 		int err = write_slot(in);
-		for (uint32_t r = 0; !err && r < in->nregions; r++) {
-			uint8_t st = atomic_load(&in->state[r]);
-			if (bit(in->snap, r) && st == IR_PENDING)
-				atomic_store(&in->state[r], IR_DURABLE);
-			else if (!bit(in->snap, r) && st == IR_CLEARING)
-				atomic_store(&in->state[r], IR_CLEAR);
-		}
+		if (!err)
+			states_follow_disk(in);
 		return err;
 	}
 	in->requested = true;
@@ -473,21 +473,6 @@ int intent_clear_all(struct intent *in)
 			atomic_store(&in->state[r], IR_CLEARING);
 	}
 	memset(in->wanted, 0, (in->nregions + 7) / 8);
-	err = commit_locked(in);
-	pthread_mutex_unlock(&in->lock);
-	return err;
-}
-
-int intent_set_all(struct intent *in)
-{
-	int err;
-
-	pthread_mutex_lock(&in->lock);
-	for (uint32_t r = 0; r < in->nregions; r++) {
-		if (atomic_load(&in->state[r]) != IR_DURABLE)
-			atomic_store(&in->state[r], IR_PENDING);
-		set_bit(in->wanted, r, true);
-	}
 	err = commit_locked(in);
 	pthread_mutex_unlock(&in->lock);
 	return err;

@@ -91,7 +91,4 @@ int intent_clear_idle(struct intent *in, unsigned before,
 /* With no writes in flight: clear everything, durably. */
 int intent_clear_all(struct intent *in);
 
-/* Mark every region set: used when the map itself cannot be trusted. */
-int intent_set_all(struct intent *in);
-
 #endif

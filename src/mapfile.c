@@ -278,11 +278,6 @@ int mapfile_persist(struct mapfile *mf, struct changemap *cm)
 	return err;
 }
 
-uint64_t mapfile_sequence(const struct mapfile *mf)
-{
-	return mf->seq;
-}
-
 void mapfile_close(struct mapfile *mf)
 {
 	if (!mf)

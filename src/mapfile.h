@@ -47,9 +47,6 @@ void mapfile_mark_lost(struct mapfile *mf, struct changemap *cm, uint8_t e);
 /* Write dirty pages and sync.  On failure the pages stay dirty. */
 int mapfile_persist(struct mapfile *mf, struct changemap *cm);
 
-/* Pages written over the file's life, for status. */
-uint64_t mapfile_sequence(const struct mapfile *mf);
-
 void mapfile_close(struct mapfile *mf);
 
 /* Verify every page without loading it: for `voltrack check`. */

@@ -122,6 +122,19 @@ static int reset_history(struct tracker *t, bool keep_checkpoints)
 
 static void *flusher_main(void *arg);
 
+/* Nothing on disk can be trusted to say what changed: say everything did,
+ * under a new generation, with `detail` for the log and status. */
+static int doubt_everything(struct tracker *t, enum tracker_start why, const char *detail)
+{
+	snprintf(t->info.start_detail, sizeof(t->info.start_detail), "%s", detail);
+	t->info.start = why;
+	intent_close(t->in);
+	t->in = NULL;
+	mapfile_close(t->mf);
+	t->mf = NULL;
+	return reset_history(t, true);
+}
+
 static void free_tracker(struct tracker *t)
 {
 	intent_close(t->in);
@@ -213,37 +226,25 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 		}
 	}
 
-	if (t->info.start != TRACKER_START_RESET && (map_doubt || intent_doubt)) {
+	if (t->info.start == TRACKER_START_RESET) {
+		/* the checkpoint list was lost: already reset above */
+	} else if (map_doubt || intent_doubt) {
+		err = doubt_everything(t, TRACKER_START_RESET, map_doubt ?
+				       "change map unreadable: everything is reported changed "
+				       "since every checkpoint" :
+				       "write-intent map unreadable: everything is reported "
+				       "changed since every checkpoint");
+	} else if (!(t->sb.state & SB_STATE_CLEAN)) {
+		t->info.start = TRACKER_START_RECOVERED;
 		snprintf(t->info.start_detail, sizeof(t->info.start_detail),
-			 "%s unreadable: everything is reported changed since every checkpoint",
-			 map_doubt ? "change map" : "write-intent map");
-		t->info.start = TRACKER_START_RESET;
-		intent_close(t->in);
-		t->in = NULL;
-		mapfile_close(t->mf);
-		t->mf = NULL;
-		err = reset_history(t, true);
-		if (err)
-			goto fail;
-	} else if (t->info.start != TRACKER_START_RESET) {
-		if (!(t->sb.state & SB_STATE_CLEAN)) {
-			t->info.start = TRACKER_START_RECOVERED;
-			snprintf(t->info.start_detail, sizeof(t->info.start_detail),
-				 "not closed cleanly: %u write-intent region(s) counted as changed", set);
-		} else if (!identity_matches(&t->sb, id)) {
-			t->info.start = TRACKER_START_OFFLINE_CHANGE;
-			snprintf(t->info.start_detail, sizeof(t->info.start_detail),
-				 "the volume was modified while nothing tracked it "
-				 "(size, inode or ctime differ): everything is reported changed");
-			mapfile_close(t->mf);
-			t->mf = NULL;
-			intent_close(t->in);
-			t->in = NULL;
-			err = reset_history(t, true);
-			if (err)
-				goto fail;
-		}
+			 "not closed cleanly: %u write-intent region(s) counted as changed", set);
+	} else if (!identity_matches(&t->sb, id)) {
+		err = doubt_everything(t, TRACKER_START_OFFLINE_CHANGE,
+				       "the volume was modified while nothing tracked it "
+				       "(size, inode or ctime differ): everything is reported changed");
 	}
+	if (err)
+		goto fail;
 
 	/* Reopen what reset_history rewrote. */
 	if (!t->mf) {
@@ -258,8 +259,8 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 	}
 	atomic_store(&t->open_epoch, t->ckpts.open_epoch);
 
-	/* Recovery: every block of every intent region, and every page with
-	 * no valid copy, is changed in the open epoch. */
+	/* Recovery: every block of every intent region, and of every damaged
+	 * map page, is changed in the open epoch. */
 	t->info.regions_recovered = 0;
 	for (uint32_t r = 0; r < intent_nregions(t->in); r++) {
 		if (!intent_region_set(t->in, r))

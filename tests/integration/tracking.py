@@ -80,6 +80,9 @@ def worked_example():
         h.trim(G, 60 << 20)
         written |= blocks_of([(60 << 20, G)])
 
+        # Exactly, not "at least": this is also where invariant I3 shows.
+        # If the tracker's own metadata I/O went through the tracked path
+        # (or landed on the volume), extra blocks would appear here.
         t.equal(changes(vol, "mon"), written, "changes since 'mon' is exactly what was written")
         t.equal(nbdinfo_dirty(srv.uri, "qemu:dirty-bitmap:mon"), written,
                 "nbdinfo --map of the dirty bitmap agrees")
@@ -152,6 +155,72 @@ def worked_example():
         srv.cleanup()
 
 
+def control_hostile():
+    """Malformed requests on the control socket: a clear error, no harm."""
+    import socket
+    import threading
+    import time
+    srv = Server(size=SIZE).start()
+    try:
+        vol = srv.volume
+        vt("checkpoint", vol, "keep", check=True)
+        path = os.path.join(srv.meta, "control.sock")
+
+        def ask(payload, half_close=True):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            s.settimeout(10)
+            try:
+                s.sendall(payload)
+                if half_close:
+                    s.shutdown(socket.SHUT_WR)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            out = b""
+            try:
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    out += chunk
+            except ConnectionResetError:
+                pass
+            s.close()
+            return out
+
+        out = ask(b"status")
+        t.check(out[:1] == b"2" and b"NUL" in out, f"argument without its NUL: usage error: {out!r}")
+        out = ask(b"x" * 65536)
+        t.check(out[:1] == b"2" and b"too long" in out.lower(), f"64 KiB request refused: {out!r}")
+        out = ask(b"list\0" + b"a\0" * 100)
+        t.check(out[:1] == b"2", f"100 arguments refused, not truncated: {out!r}")
+        out = ask(b"frobnicate\0")
+        t.check(out[:1] == b"2" and b"unknown command" in out, f"unknown command: {out!r}")
+        out = ask(b"checkpoint\0\0")
+        t.check(out[:1] == b"2" and b"not a valid" in out, f"empty name reaches the check: {out!r}")
+        out = ask(b"changes\0--since\0")
+        t.check(out[:1] == b"2", f"option without its value: {out!r}")
+
+        # A client that connects and says nothing delays others only
+        # until the request timeout.
+        stall = socket.socket(socket.AF_UNIX)
+        stall.connect(path)
+        start = time.time()
+        rc, out, err = vt("status", vol)
+        t.check(rc == 0 and time.time() - start < 8, f"status answers despite a stalled client: {err}")
+        stall.close()
+
+        rc, out, _ = vt("list", vol, "--json")
+        t.equal([c["name"] for c in json.loads(out)], ["keep"], "checkpoints untouched by the abuse")
+        h = srv.connect()
+        h.pwrite(b"q" * 512, 0)
+        h.shutdown()
+        t.check(srv.alive(), "server alive after control-socket abuse")
+        t.equal(srv.stop(), 0, "and stops cleanly")
+    finally:
+        srv.cleanup()
+
+
 def corruption():
     """Flip bits and truncate each metadata file: never reported clean."""
     cases = [("checkpoints", 100, "flip"), ("changemap", 4096 * 3 + 700, "flip"),
@@ -196,5 +265,6 @@ def corruption():
 
 
 worked_example()
+control_hostile()
 corruption()
 t.finish()
