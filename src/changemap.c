@@ -28,6 +28,25 @@ void changemap_free(struct changemap *cm)
 	cm->page_dirty = NULL;
 }
 
+/*
+ * Raise one block's epoch to at least e; true when it changed.  Marks
+ * race with each other across a checkpoint: a writer that loaded the old
+ * open epoch may store after another writer stored the new one.  A plain
+ * store would then lower the block below the checkpoint and hide the
+ * second write, so every store is an atomic maximum.
+ */
+static bool raise_block(_Atomic uint8_t *slot, uint8_t e)
+{
+	uint8_t cur = atomic_load_explicit(slot, memory_order_relaxed);
+
+	while (cur < e)
+		if (atomic_compare_exchange_weak_explicit(slot, &cur, e, memory_order_relaxed,
+							  memory_order_relaxed)) {
+			return true;
+		}
+	return false;
+}
+
 void changemap_mark(struct changemap *cm, uint64_t off, uint64_t len, uint8_t e)
 {
 	if (len == 0 || off >= cm->volume_size)
@@ -39,9 +58,8 @@ void changemap_mark(struct changemap *cm, uint64_t off, uint64_t len, uint8_t e)
 	if (last >= cm->nblocks)
 		last = cm->nblocks - 1;
 	for (uint64_t b = first; b <= last; b++) {
-		if (atomic_load_explicit(&cm->epoch[b], memory_order_relaxed) == e)
+		if (!raise_block(&cm->epoch[b], e))
 			continue;
-		atomic_store_explicit(&cm->epoch[b], e, memory_order_relaxed);
 		uint32_t page = (uint32_t)(b / CM_PAGE_ENTRIES);
 		if (page != dirty_page) {
 			/* Release: whoever clears this flag sees the mark. */
@@ -57,8 +75,7 @@ void changemap_raise_page(struct changemap *cm, uint32_t page, uint8_t e)
 	uint32_t n = changemap_page_blocks(cm, page);
 
 	for (uint32_t i = 0; i < n; i++)
-		if (atomic_load_explicit(&cm->epoch[first + i], memory_order_relaxed) < e)
-			atomic_store_explicit(&cm->epoch[first + i], e, memory_order_relaxed);
+		raise_block(&cm->epoch[first + i], e);
 	atomic_store_explicit(&cm->page_dirty[page], true, memory_order_release);
 }
 

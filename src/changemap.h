@@ -35,7 +35,7 @@ struct changemap {
 int changemap_init(struct changemap *cm, uint64_t volume_size, uint32_t granularity);
 void changemap_free(struct changemap *cm);
 
-/* Set every block touched by [off, off+len) to epoch e. */
+/* Raise every block touched by [off, off+len) to at least epoch e. */
 void changemap_mark(struct changemap *cm, uint64_t off, uint64_t len, uint8_t e);
 /* Raise every block of a page (or the whole map) to at least e. */
 void changemap_raise_page(struct changemap *cm, uint32_t page, uint8_t e);
