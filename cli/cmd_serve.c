@@ -238,7 +238,7 @@ int cmd_serve(int argc, char **argv)
 		tracker_config_defaults(&tcfg);
 		if (o.persist_ms)
 			tcfg.persist_interval_ms = o.persist_ms;
-		tcfg.volume_fd = vol->fd;
+		tcfg.volume = vol;
 		err = volume_identity(vol, &id);
 		if (!err)
 			err = tracker_open(md, &id, true, &tcfg, &tracker);
@@ -246,7 +246,15 @@ int cmd_serve(int argc, char **argv)
 			cli_fail("cannot start change tracking in %s: %s", meta_path, strerror(-err));
 			goto out;
 		}
-	} else {
+	} else if (!o.read_only) {
+		/* Said on disk before the first untracked write can happen:
+		 * nothing else would tell the next tracked start. */
+		err = tracker_mark_untracked(md);
+		if (err) {
+			cli_fail("cannot record in %s that %s is served untracked: %s", meta_path,
+				 o.volume, strerror(-err));
+			goto out;
+		}
 		vt_warn("--no-track: writes are not tracked; the next tracked start "
 			"will report everything changed");
 	}
@@ -303,8 +311,10 @@ int cmd_serve(int argc, char **argv)
 	ctl_server_stop(ctl);
 	ctl = NULL;
 	nbd_server_stop(srv);
-	if (fdatasync(vol->fd) < 0) {
-		vt_error("final flush of %s failed: %s", o.volume, strerror(errno));
+	err = volume_sync(vol, &vt_fsops_posix);
+	if (err) {
+		vt_error("final flush of %s failed: %s; the next start recovers as after a crash",
+			 o.volume, strerror(-err));
 		goto out;
 	}
 	if (tracker) {

@@ -82,6 +82,9 @@ static int run_offline(const char *volume, const char *meta_path, int argc, char
 		goto out;
 	}
 	tracker_config_defaults(&cfg);
+	/* Closing syncs the volume before it clears intents: after a crash
+	 * the dead server's writes may still be in the page cache only. */
+	cfg.volume = vol;
 	err = tracker_open(md, &id, false, &cfg, &t);
 	if (err) {
 		cli_fail("cannot open the change tracker in %s: %s", meta_path, strerror(-err));

@@ -354,6 +354,9 @@ static void io_done(struct vio_req *io)
 	int64_t res = io->res;
 
 	if (sl->stage == STAGE_FLUSH) {
+		/* A sync error is latched in the volume: this and every later
+		 * FLUSH or FUA request fails, whoever saw the error first. */
+		res = volume_sync_done(sl->conn->s.export->vol, (int)res);
 		if (res < 0)
 			reply_errno(sl, res);
 		else
@@ -384,6 +387,13 @@ static void io_done(struct vio_req *io)
 		zero_done(sl, res);
 		break;
 	default: /* WRITE, FLUSH */
+		/* FLUSH errors latch; a FUA write is only as durable as the
+		 * volume's last sync (see volume_sync()). */
+		if (sl->rq.type == NBD_CMD_FLUSH)
+			res = volume_sync_done(sl->conn->s.export->vol, (int)res);
+		else if ((sl->rq.flags & NBD_CMD_FLAG_FUA) && res >= 0 &&
+			 volume_sync_error(sl->conn->s.export->vol))
+			res = volume_sync_error(sl->conn->s.export->vol);
 		if (res < 0)
 			reply_errno(sl, res);
 		else

@@ -1,6 +1,10 @@
 #include "fsops.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -34,5 +38,23 @@ int vt_replace_file(const struct vt_fsops *ops, int dirfd, int fd, const char *t
 		err = -errno;
 	if (err)
 		unlinkat(dirfd, tmp_name, 0);
+	return err;
+}
+
+/* fsync the directory holding path, so that a new entry in it survives
+ * a power cut. */
+int vt_sync_parent(const char *path)
+{
+	char *copy = strdup(path);
+	int fd, err = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || fsync(fd) < 0)
+		err = -errno;
+	if (fd >= 0)
+		close(fd);
+	free(copy);
 	return err;
 }

@@ -32,4 +32,8 @@ extern const struct vt_fsops vt_fsops_posix;
 int vt_replace_file(const struct vt_fsops *ops, int dirfd, int fd, const char *tmp_name,
 		    const char *name, int err);
 
+/* fsync the directory that holds path, so that an entry just created
+ * in it survives a power cut. */
+int vt_sync_parent(const char *path);
+
 #endif

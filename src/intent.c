@@ -6,18 +6,33 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
 #include "metablock.h"
+#include "pause.h"
 
 #define MAGIC "VTRKINTN"
 
 enum { IR_CLEAR, IR_PENDING, IR_DURABLE, IR_CLEARING };
 
+/* Payload: nregions (4), flags (4), region size (8), bitmap from 16;
+ * the stamp in the last 32 bytes.  doc/format.md has the table. */
+#define P_NREGIONS 0
+#define P_FLAGS 4
+#define P_REGION 8
+#define P_BITMAP 16
+#define P_STAMP (MB_PAYLOAD - 32)
+#define FLAG_QUIET 1u
+
+_Static_assert(P_BITMAP + INTENT_MAX_REGIONS / 8 <= P_STAMP, "bitmap overlaps the stamp");
+
 struct intent {
 	int fd;
 	const struct vt_fsops *ops;
+	struct intent_config cfg;
+	_Atomic uint64_t lease_ns;	/* durable lease: writers stop short of it */
 	uint64_t gen_tag;
 	unsigned region_shift;
 	uint32_t nregions;
@@ -63,19 +78,58 @@ uint64_t intent_region_size(uint64_t volume_size)
 	return r;
 }
 
-/* Slot payload: nregions (4), reserved (4), region size (8), bitmap. */
-static void encode(uint8_t *blk, uint32_t nregions, uint64_t region, const uint8_t *bits,
-		   uint64_t seq, uint64_t tag)
+uint64_t intent_wall_ns(void)
 {
-	uint32_t n = htole32(nregions);
-	uint64_t rs = htole64(region);
+	struct timespec ts;
+
+	/* The coarse clock is the one the kernel stamps ctime from. */
+	clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+	v = htole64(v);
+	memcpy(p, &v, 8);
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, 8);
+	return le64toh(v);
+}
+
+static void encode(uint8_t *blk, uint32_t nregions, uint64_t region, const uint8_t *bits,
+		   const struct intent_stamp *st, uint64_t seq, uint64_t tag)
+{
+	uint8_t *p = blk + MB_HEADER;
+	uint32_t n = htole32(nregions), flags = htole32(st->quiet ? FLAG_QUIET : 0);
 
 	memset(blk, 0, MB_SIZE);
-	memcpy(blk + MB_HEADER, &n, 4);
-	memcpy(blk + MB_HEADER + 8, &rs, 8);
+	memcpy(p + P_NREGIONS, &n, 4);
+	memcpy(p + P_FLAGS, &flags, 4);
+	put64(p + P_REGION, region);
 	if (bits)
-		memcpy(blk + MB_HEADER + 16, bits, (nregions + 7) / 8);
+		memcpy(p + P_BITMAP, bits, (nregions + 7) / 8);
+	put64(p + P_STAMP, st->lease_ns);
+	put64(p + P_STAMP + 8, st->id.size);
+	put64(p + P_STAMP + 16, st->id.ino);
+	put64(p + P_STAMP + 24, st->id.ctime_ns);
 	mb_seal(blk, MAGIC, 0, seq, tag);
+}
+
+static void decode_stamp(const uint8_t *blk, struct intent_stamp *st)
+{
+	const uint8_t *p = blk + MB_HEADER;
+	uint32_t flags;
+
+	memcpy(&flags, p + P_FLAGS, 4);
+	st->quiet = le32toh(flags) & FLAG_QUIET;
+	st->lease_ns = get64(p + P_STAMP);
+	st->id.size = get64(p + P_STAMP + 8);
+	st->id.ino = get64(p + P_STAMP + 16);
+	st->id.ctime_ns = get64(p + P_STAMP + 24);
 }
 
 static int geometry(const struct superblock *sb, uint64_t *region, uint32_t *nregions)
@@ -101,10 +155,13 @@ int intent_create(int dirfd, const struct vt_fsops *ops, const struct superblock
 		return -errno;
 	}
 	/* Both slots valid from the start: an invalid one later is damage
-	 * or a torn commit, never "not written yet". */
-	encode(blk, n, region, NULL, 1, mb_gen_tag(&sb->generation));
+	 * or a torn commit, never "not written yet".  No identity: the
+	 * caller has just counted everything as changed, or the volume is
+	 * new. */
+	struct intent_stamp none = { 0 };
+	encode(blk, n, region, NULL, &none, 1, mb_gen_tag(&sb->generation));
 	err = ops->pwrite(ops, fd, blk, MB_SIZE, 0);
-	encode(blk, n, region, NULL, 2, mb_gen_tag(&sb->generation));
+	encode(blk, n, region, NULL, &none, 2, mb_gen_tag(&sb->generation));
 	if (!err)
 		err = ops->pwrite(ops, fd, blk, MB_SIZE, MB_SIZE);
 	err = vt_replace_file(ops, dirfd, fd, INTENT_NAME ".tmp", INTENT_NAME, err);
@@ -113,8 +170,8 @@ int intent_create(int dirfd, const struct vt_fsops *ops, const struct superblock
 }
 
 int intent_open(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
-		struct intent **out,
-		uint32_t *set, bool *doubt, bool *damaged)
+		const struct intent_config *cfg, struct intent **out,
+		uint32_t *set, struct intent_stamp *stamp, bool *doubt, bool *damaged)
 {
 	struct intent *in = calloc(1, sizeof(*in));
 	uint64_t region, seq[2];
@@ -123,13 +180,18 @@ int intent_open(int dirfd, const struct vt_fsops *ops, const struct superblock *
 	int err = -ENOMEM;
 
 	*set = 0;
+	memset(stamp, 0, sizeof(*stamp));
 	*doubt = false;
 	*damaged = false;
 	if (!in)
 		return -ENOMEM;
 	geometry(sb, &region, &n);
+	pthread_mutex_init(&in->lock, NULL);
+	pthread_cond_init(&in->work, NULL);
+	pthread_cond_init(&in->committed, NULL);
 	in->fd = -1;
 	in->ops = ops;
+	in->cfg = *cfg;
 	in->gen_tag = mb_gen_tag(&sb->generation);
 	in->region_shift = (unsigned)__builtin_ctzll(region);
 	in->nregions = n;
@@ -141,27 +203,28 @@ int intent_open(int dirfd, const struct vt_fsops *ops, const struct superblock *
 	in->blk = aligned_alloc(MB_SIZE, 2 * MB_SIZE);
 	if (!in->state || !in->inflight || !in->touch || !in->wanted || !in->snap || !in->blk)
 		goto fail;
-	pthread_mutex_init(&in->lock, NULL);
-	pthread_cond_init(&in->work, NULL);
-	pthread_cond_init(&in->committed, NULL);
 
 	in->fd = openat(dirfd, INTENT_NAME, O_RDWR | O_CLOEXEC);
 	if (in->fd < 0) {
 		err = -errno;
 		goto fail;
 	}
-	err = pread(in->fd, in->blk, 2 * MB_SIZE, 0) < 0 ? -errno : 0;
-	if (err)
-		goto fail;
 	for (unsigned s = 0; s < 2; s++) {
-		const uint8_t *b = in->blk + s * MB_SIZE;
+		uint8_t *b = in->blk + s * MB_SIZE;
 		uint32_t nr;
 		uint64_t rs;
+		/* A short file is a slot that is not there: damage, not an
+		 * error of the call. */
+		err = file_pread_full(in->fd, b, MB_SIZE, (uint64_t)s * MB_SIZE);
+		if (err == -EBADMSG)
+			continue;
+		if (err)
+			goto fail;
 		ok[s] = mb_check(b, MAGIC, 0, in->gen_tag, &seq[s]) == 0;
 		if (!ok[s])
 			continue;
-		memcpy(&nr, b + MB_HEADER, 4);
-		memcpy(&rs, b + MB_HEADER + 8, 8);
+		memcpy(&nr, b + MB_HEADER + P_NREGIONS, 4);
+		memcpy(&rs, b + MB_HEADER + P_REGION, 8);
 		ok[s] = le32toh(nr) == n && le64toh(rs) == region;
 	}
 	/*
@@ -179,7 +242,8 @@ int intent_open(int dirfd, const struct vt_fsops *ops, const struct superblock *
 		/* A damaged other slot is the next one written, which heals it. */
 		in->cur_slot = s;
 		in->seq = seq[s];
-		memcpy(in->wanted, in->blk + s * MB_SIZE + MB_HEADER + 16, (n + 7) / 8);
+		memcpy(in->wanted, in->blk + s * MB_SIZE + MB_HEADER + P_BITMAP, (n + 7) / 8);
+		decode_stamp(in->blk + s * MB_SIZE, stamp);
 		for (uint32_t r = 0; r < n; r++) {
 			if (bit(in->wanted, r)) {
 				atomic_store(&in->state[r], IR_DURABLE);
@@ -201,11 +265,9 @@ void intent_close(struct intent *in)
 	intent_stop(in);
 	if (in->fd >= 0)
 		close(in->fd);
-	if (in->state) {
-		pthread_cond_destroy(&in->committed);
-		pthread_cond_destroy(&in->work);
-		pthread_mutex_destroy(&in->lock);
-	}
+	pthread_cond_destroy(&in->committed);
+	pthread_cond_destroy(&in->work);
+	pthread_mutex_destroy(&in->lock);
 	free((void *)in->state);
 	free(in->inflight);
 	free(in->touch);
@@ -252,19 +314,44 @@ static void states_follow_disk(struct intent *in)
 	}
 }
 
-/* Write `snap` into the older slot and make it durable.  Unlocked. */
+static bool snap_empty(const struct intent *in)
+{
+	for (uint32_t i = 0; i < (in->nregions + 7) / 8; i++)
+		if (in->snap[i])
+			return false;
+	return true;
+}
+
+/*
+ * Write `snap` into the older slot and make it durable.  Unlocked.  The
+ * stamp is taken here: with no region in `snap` no data write is in
+ * flight or can start before the next commit (a writer needs a DURABLE
+ * region, and every such region's bit is in `snap`), so the identity
+ * read now is the volume as the tracker left it.
+ */
 static int write_slot(struct intent *in)
 {
 	unsigned slot = in->cur_slot ^ 1;
+	struct intent_stamp st = { 0 };
 	int err;
 
-	encode(in->blk, in->nregions, intent_region_bytes(in), in->snap, in->seq + 1, in->gen_tag);
+	if (in->cfg.lease_ns)
+		st.lease_ns = intent_wall_ns() + in->cfg.lease_ns;
+	/* Size and inode always; the ctime means something only when quiet. */
+	if (in->cfg.identity && in->cfg.identity(in->cfg.arg, &st.id) == 0)
+		st.quiet = snap_empty(in);
+	else
+		memset(&st.id, 0, sizeof(st.id));
+	/* A sequence number is never reused, even by a failed attempt: a
+	 * torn slot must not pass for a whole one. */
+	in->seq++;
+	encode(in->blk, in->nregions, intent_region_bytes(in), in->snap, &st, in->seq, in->gen_tag);
 	err = in->ops->pwrite(in->ops, in->fd, in->blk, MB_SIZE, (uint64_t)slot * MB_SIZE);
 	if (!err)
 		err = in->ops->fdatasync(in->ops, in->fd);
 	if (!err) {
-		in->seq++;
 		in->cur_slot = slot;
+		atomic_store(&in->lease_ns, st.lease_ns);
 	}
 	return err;
 }
@@ -286,6 +373,7 @@ static void *committer(void *arg)
 
 		int err = write_slot(in);
 
+		VT_PAUSE_POINT("intent.commit.written");
 		pthread_mutex_lock(&in->lock);
 		if (err) {
 			vt_error("write-intent commit failed: %s; writes into new regions fail with EIO",
@@ -359,6 +447,19 @@ static int commit_locked(struct intent *in)
 	return in->finished_err;
 }
 
+/*
+ * May a data write start now?  Only well inside the durable lease: the
+ * guard covers the time between this check and the moment the kernel
+ * stamps the write's ctime (queueing on the ring, a preempted worker).
+ * A write that still lands past the lease only makes recovery doubt more.
+ */
+static bool lease_allows(struct intent *in)
+{
+	if (!in->cfg.lease_ns)
+		return true;
+	return intent_wall_ns() + in->cfg.lease_ns / 4 < atomic_load(&in->lease_ns);
+}
+
 int intent_begin(struct intent *in, uint64_t off, uint64_t len, struct intent_wait *w)
 {
 	uint32_t r0 = (uint32_t)(off >> in->region_shift);
@@ -372,7 +473,7 @@ int intent_begin(struct intent *in, uint64_t off, uint64_t len, struct intent_wa
 	for (uint32_t r = r0; r <= r1; r++)
 		if (atomic_load(&in->state[r]) != IR_DURABLE)
 			slow = true;
-	if (!slow)
+	if (!slow && lease_allows(in))
 		return 0;
 
 	pthread_mutex_lock(&in->lock);
@@ -385,7 +486,7 @@ int intent_begin(struct intent *in, uint64_t off, uint64_t len, struct intent_wa
 		atomic_store(&in->state[r], IR_PENDING);
 		set_bit(in->wanted, r, true);
 	}
-	if (all) {
+	if (all && lease_allows(in)) {
 		pthread_mutex_unlock(&in->lock);
 		return 0;
 	}
@@ -394,6 +495,7 @@ int intent_begin(struct intent *in, uint64_t off, uint64_t len, struct intent_wa
 		pthread_mutex_unlock(&in->lock);
 		return err;
 	}
+	/* Wait for a commit that includes these regions and a fresh lease. */
 	w->need_gen = in->started_gen + 1;
 	w->next = in->waiters;
 	in->waiters = w;
@@ -401,6 +503,12 @@ int intent_begin(struct intent *in, uint64_t off, uint64_t len, struct intent_wa
 	pthread_cond_signal(&in->work);
 	pthread_mutex_unlock(&in->lock);
 	return 1;
+}
+
+/* (int) of the difference: ticks wrap, and compare within half a range. */
+static bool tick_before(unsigned a, unsigned b)
+{
+	return (int)(a - b) < 0;
 }
 
 void intent_end(struct intent *in, uint64_t off, uint64_t len, unsigned tick)
@@ -411,15 +519,23 @@ void intent_end(struct intent *in, uint64_t off, uint64_t len, unsigned tick)
 	if (r1 >= in->nregions)
 		r1 = in->nregions - 1;
 	for (uint32_t r = r0; r <= r1; r++) {
-		if (atomic_load_explicit(&in->touch[r], memory_order_relaxed) != tick)
-			atomic_store_explicit(&in->touch[r], tick, memory_order_relaxed);
+		/*
+		 * The last touch only moves forward: a writer that read an
+		 * older tick and stores late must not hide a newer writer
+		 * from the clearer.  The loop runs once per region and tick.
+		 */
+		unsigned cur = atomic_load(&in->touch[r]);
+		while (tick_before(cur, tick) &&
+		       !atomic_compare_exchange_weak(&in->touch[r], &cur, tick))
+			;
+		VT_PAUSE_POINT("intent.end.touched");
 		atomic_fetch_sub(&in->inflight[r], 1);
 	}
 }
 
 static bool idle_since(struct intent *in, uint32_t r, unsigned before)
 {
-	return (int)(atomic_load(&in->touch[r]) - before) < 0;
+	return tick_before(atomic_load(&in->touch[r]), before);
 }
 
 int intent_clear_idle(struct intent *in, unsigned before,
@@ -447,10 +563,20 @@ int intent_clear_idle(struct intent *in, unsigned before,
 		uint8_t expect = IR_DURABLE;
 		if (!idle_since(in, r, before))
 			continue; /* touched at or after `before` */
+		VT_PAUSE_POINT("intent.clear.idle_seen");
 		if (!atomic_compare_exchange_strong(&in->state[r], &expect, IR_CLEARING))
 			continue;
-		if (atomic_load(&in->inflight[r]) != 0) {
-			atomic_store(&in->state[r], IR_DURABLE); /* a writer is there */
+		/*
+		 * A writer increments inflight, then loads the state; we
+		 * stored CLEARING, then load inflight.  Sequentially
+		 * consistent, so either it saw CLEARING (and waits for a new
+		 * commit) or we see it in flight.  But a writer that began
+		 * after the idle check above and has already finished is
+		 * neither: only its touch tells, so look again once inflight
+		 * says nobody is there.
+		 */
+		if (atomic_load(&in->inflight[r]) != 0 || !idle_since(in, r, before)) {
+			atomic_store(&in->state[r], IR_DURABLE); /* a writer is or was there */
 			continue;
 		}
 		set_bit(in->wanted, r, false);
@@ -460,6 +586,24 @@ int intent_clear_idle(struct intent *in, unsigned before,
 		err = commit_locked(in);
 	pthread_mutex_unlock(&in->lock);
 	return err ? err : n;
+}
+
+int intent_commit(struct intent *in)
+{
+	pthread_mutex_lock(&in->lock);
+	int err = commit_locked(in);
+	pthread_mutex_unlock(&in->lock);
+	return err;
+}
+
+int intent_renew_lease(struct intent *in)
+{
+	if (!in->cfg.lease_ns || !in->running)
+		return 0;
+	uint64_t left = atomic_load(&in->lease_ns) - intent_wall_ns();
+	if ((int64_t)left > (int64_t)(in->cfg.lease_ns / 2) || intent_count_set(in) == 0)
+		return 0; /* plenty left, or no write can start without a commit anyway */
+	return intent_commit(in);
 }
 
 int intent_clear_all(struct intent *in)

@@ -14,7 +14,19 @@
  *   DURABLE   set on disk; writers go straight through
  *   CLEARING  a clear of the bit is being decided or committed
  *
- * The fast path is two atomics: inflight[r]++ and a load of state[r].
+ * Every commit also carries a stamp that recovery uses to tell whether
+ * anything but the tracker wrote the volume while no server ran (I6):
+ *   - the write lease: a wall-clock time before which every data write
+ *     the server issues falls.  Writers do not start a write past
+ *     (lease - guard); while regions are set, commits renew it.  After a
+ *     crash, a file whose ctime is past the lease was written by someone
+ *     else.
+ *   - when no region is set in the commit, the volume's identity (size,
+ *     inode, ctime) at that moment: no tracked write can happen before
+ *     the next commit, so after a crash the volume must still match it.
+ *
+ * The fast path is two atomics: inflight[r]++ and a load of state[r],
+ * plus a look at the coarse clock against the lease.
  * Clearing does the mirror image: state DURABLE->CLEARING, then a load
  * of inflight[r], backing off if a writer is there.  With sequentially
  * consistent ordering at least one side sees the other, so a region is
@@ -33,7 +45,29 @@
 
 #define INTENT_NAME "intent"
 #define INTENT_MIN_REGION (64ull << 20)
-#define INTENT_MAX_REGIONS 32384u	/* bits that fit one metadata block */
+#define INTENT_MAX_REGIONS 32064u	/* bits that fit one metadata block */
+
+/* The volume as it was at a commit; valid tells whether it was taken. */
+struct intent_identity {
+	uint64_t size, ino, ctime_ns;
+};
+
+/* What the newest commit said, for recovery (see above). */
+struct intent_stamp {
+	uint64_t lease_ns;		/* 0: no lease (metadata-only use) */
+	bool quiet;			/* no region set; `id` is the volume then */
+	struct intent_identity id;
+};
+
+struct intent_config {
+	/* How far ahead of a commit the write lease reaches; 0 for no
+	 * lease (offline use, which never writes the volume). */
+	uint64_t lease_ns;
+	/* Fills the volume's identity for a commit with no region set;
+	 * may be NULL, and then no identity is recorded. */
+	int (*identity)(void *arg, struct intent_identity *id);
+	void *arg;
+};
 
 struct intent_wait {
 	/* Called on the committer thread once the regions are durable, or
@@ -53,14 +87,14 @@ int intent_create(int dirfd, const struct vt_fsops *ops, const struct superblock
 
 /*
  * Open and load.  Regions set on disk start DURABLE; *set receives how
- * many.  *damaged reports a bad slot.  When the file cannot be trusted
- * (no valid slot, or one bad slot after an unclean stop) the intent
- * starts empty and *doubt is set: the caller must count the whole volume
- * as changed.
+ * many, *stamp what the newest commit recorded.  *damaged reports a bad
+ * slot.  When the file cannot be trusted (no valid slot, or one bad slot
+ * after an unclean stop) the intent starts empty and *doubt is set: the
+ * caller must count the whole volume as changed.
  */
 int intent_open(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
-		struct intent **out,
-		uint32_t *set, bool *doubt, bool *damaged);
+		const struct intent_config *cfg, struct intent **out,
+		uint32_t *set, struct intent_stamp *stamp, bool *doubt, bool *damaged);
 void intent_close(struct intent *in);
 
 int intent_start(struct intent *in);	/* the committer thread */
@@ -90,5 +124,16 @@ int intent_clear_idle(struct intent *in, unsigned before,
 
 /* With no writes in flight: clear everything, durably. */
 int intent_clear_all(struct intent *in);
+
+/* Commit the current state now and wait for it (a live start does, so
+ * that the newest stamp describes this run from its first moment). */
+int intent_commit(struct intent *in);
+
+/* While regions are set, commit again when less than half the lease is
+ * left, so that writers never wait for it.  Returns 0 or -errno. */
+int intent_renew_lease(struct intent *in);
+
+/* Wall-clock time in nanoseconds, as the kernel stamps ctime. */
+uint64_t intent_wall_ns(void);
 
 #endif

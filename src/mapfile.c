@@ -8,6 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "pause.h"
+
 #define HDR_MAGIC "VTRKMAPH"
 #define PAGE_MAGIC "VTRKMAPP"
 #define SLOT_NONE 2
@@ -239,6 +241,7 @@ int mapfile_persist(struct mapfile *mf, struct changemap *cm)
 		 * sees every mark made before the flag was set. */
 		if (!atomic_exchange_explicit(&cm->page_dirty[p], false, memory_order_acquire))
 			continue;
+		VT_PAUSE_POINT("mapfile.persist.page_taken");
 		if (nwritten == cap) {
 			cap = cap ? 2 * cap : 64;
 			uint32_t *grown = realloc(written, cap * sizeof(*written));

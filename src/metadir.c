@@ -30,8 +30,15 @@ int metadir_open(const char *path, bool create, struct metadir **out)
 {
 	struct metadir *md;
 
-	if (create && mkdir(path, 0700) < 0 && errno != EEXIST)
-		return -errno;
+	if (create) {
+		if (mkdir(path, 0700) == 0) {
+			int err = vt_sync_parent(path);
+			if (err)
+				return err;
+		} else if (errno != EEXIST) {
+			return -errno;
+		}
+	}
 	md = calloc(1, sizeof(*md));
 	if (!md)
 		return -ENOMEM;

@@ -21,7 +21,7 @@ struct metadir;
 /* VOLUME.voltrack for a path; the caller frees the result. */
 int metadir_default_path(const char *volume_path, char **out);
 
-/* Open DIR, creating it (mode 0700) when create is true. */
+/* Open DIR, creating it (mode 0700, its entry synced) when create is true. */
 int metadir_open(const char *path, bool create, struct metadir **out);
 void metadir_close(struct metadir *md);
 

@@ -16,7 +16,7 @@
 
 #define SB_SIZE 4096
 #define SB_MAGIC "VTRKSUPR"
-#define SB_VERSION 1
+#define SB_VERSION 2
 
 #define SB_MIN_GRANULARITY (4u << 10)
 #define SB_MAX_GRANULARITY (64u << 20)
@@ -46,6 +46,7 @@ struct superblock {
 };
 
 #define SB_STATE_CLEAN 1u		/* closed cleanly; id_* are valid */
+#define SB_STATE_UNTRACKED 2u		/* served without tracking since: doubt all */
 
 /* True for a power of two within [SB_MIN_GRANULARITY, SB_MAX_GRANULARITY]. */
 int sb_granularity_valid(uint64_t granularity);

@@ -9,6 +9,7 @@
 
 #include "log.h"
 #include "metablock.h"
+#include "pause.h"
 
 struct tracker {
 	struct metadir *md;
@@ -37,7 +38,7 @@ void tracker_config_defaults(struct tracker_config *cfg)
 {
 	cfg->persist_interval_ms = 1000;
 	cfg->idle_ticks = 2;
-	cfg->volume_fd = -1;
+	cfg->volume = NULL;
 }
 
 const char *tracker_start_name(enum tracker_start s)
@@ -47,6 +48,7 @@ const char *tracker_start_name(enum tracker_start s)
 	case TRACKER_START_RECOVERED: return "recovered";
 	case TRACKER_START_OFFLINE_CHANGE: return "modified-offline";
 	case TRACKER_START_RESET: return "history-reset";
+	case TRACKER_START_NEW_GENERATION: return "new-generation";
 	}
 	return "unknown";
 }
@@ -86,6 +88,60 @@ static bool identity_matches(const struct superblock *sb, const struct volume_id
 	return sb->id_ino == id->ino && sb->id_ctime_ns == id->ctime_ns;
 }
 
+/*
+ * After an unclean stop, could anything but the tracker have written the
+ * volume since?  The newest intent commit says (see intent.h): with no
+ * region set it holds the volume's identity, which must still match;
+ * otherwise it holds the write lease, and the tracker issued no write
+ * whose ctime is past it.  NULL when the intents can be trusted, else
+ * why not.  Block devices have no ctime: only their size can tell.
+ */
+static const char *written_after_crash(const struct superblock *sb,
+				       const struct intent_stamp *st,
+				       const struct volume_identity *id)
+{
+	bool file = sb->volume_kind == SB_KIND_FILE;
+
+	if (id->size != sb->volume_size || (st->id.size && st->id.size != id->size))
+		return "the volume changed size after the last server stopped uncleanly: "
+		       "everything is reported changed";
+	if (!file)
+		return NULL;
+	if (st->id.ino && st->id.ino != id->ino)
+		return "the volume file was replaced after the last server stopped uncleanly: "
+		       "everything is reported changed";
+	if (st->quiet) {
+		if (st->id.ctime_ns != id->ctime_ns)
+			return "the volume was modified after the last server stopped uncleanly "
+			       "(its ctime differs from when it was last idle): everything is "
+			       "reported changed";
+		return NULL;
+	}
+	if (st->lease_ns == 0 || id->ctime_ns > st->lease_ns)
+		return "the volume was modified after the last server stopped uncleanly "
+		       "(its ctime is past the server's last write lease): everything is "
+		       "reported changed";
+	return NULL;
+}
+
+/* For intent commits: the volume's identity now (see intent.h). */
+static int stamp_identity(void *arg, struct intent_identity *out)
+{
+	struct tracker *t = arg;
+	struct volume_identity id;
+	int err;
+
+	if (!t->cfg.volume)
+		return -ENODEV;
+	err = volume_identity(t->cfg.volume, &id);
+	if (!err) {
+		out->size = id.size;
+		out->ino = id.ino;
+		out->ctime_ns = id.ctime_ns;
+	}
+	return err;
+}
+
 /* Write the superblock with the given state; bumps its sequence. */
 static int store_superblock(struct tracker *t)
 {
@@ -99,7 +155,7 @@ static int store_superblock(struct tracker *t)
  * it.  Any crash part way leaves files whose generation disagrees with
  * the superblock, which a later open treats the same way.
  */
-static int reset_history(struct tracker *t, bool keep_checkpoints)
+static int reset_history(struct tracker *t, bool keep_checkpoints, bool all_changed)
 {
 	int err = vt_uuid_generate(&t->sb.generation);
 
@@ -109,7 +165,10 @@ static int reset_history(struct tracker *t, bool keep_checkpoints)
 		t->ckpts.n = 0;
 		t->ckpts.open_epoch = 1;
 	}
-	changemap_raise_all(&t->cm, t->ckpts.open_epoch);
+	/* Whatever made us doubt has been answered by this reset. */
+	t->sb.state &= ~SB_STATE_UNTRACKED;
+	if (all_changed)
+		changemap_raise_all(&t->cm, t->ckpts.open_epoch);
 	err = mapfile_create(t->dirfd, t->ops, &t->sb, &t->cm);
 	if (!err)
 		err = intent_create(t->dirfd, t->ops, &t->sb);
@@ -132,7 +191,7 @@ static int doubt_everything(struct tracker *t, enum tracker_start why, const cha
 	t->in = NULL;
 	mapfile_close(t->mf);
 	t->mf = NULL;
-	return reset_history(t, true);
+	return reset_history(t, true, true);
 }
 
 static void free_tracker(struct tracker *t)
@@ -146,13 +205,47 @@ static void free_tracker(struct tracker *t)
 	free(t);
 }
 
+/* Open the map and intent files again after reset_history rewrote them. */
+static int reopen_files(struct tracker *t, const struct intent_config *icfg)
+{
+	struct mapfile_report rep;
+	struct intent_stamp stamp;
+	uint32_t set;
+	bool doubt, damaged;
+	int err = 0;
+
+	if (!t->mf)
+		err = mapfile_open(t->dirfd, t->ops, &t->sb, &t->cm, &t->mf, &rep);
+	if (!err && !t->in)
+		err = intent_open(t->dirfd, t->ops, &t->sb, icfg, &t->in, &set, &stamp, &doubt,
+				  &damaged);
+	return err;
+}
+
+/*
+ * How long a write lease reaches past its commit.  After a crash, a
+ * write by another program within the lease cannot be told from the
+ * dead server's own last writes, so it is kept short: three persist
+ * intervals (at least 2 s), which lets the flusher renew it before
+ * writers would ever have to wait (it renews with half of it left, and
+ * writers stop a quarter short of it).
+ */
+static uint64_t lease_for(const struct tracker_config *cfg)
+{
+	uint64_t ns = 3ull * cfg->persist_interval_ms * 1000000ull;
+
+	return ns > 2000000000ull ? ns : 2000000000ull;
+}
+
 int tracker_open(struct metadir *md, const struct volume_identity *id, bool live,
 		 const struct tracker_config *cfg, struct tracker **out)
 {
 	struct tracker *t = calloc(1, sizeof(*t));
 	struct mapfile_report rep;
+	struct intent_stamp stamp = { 0 };
 	uint32_t set = 0;
 	bool intent_doubt = false, map_doubt = false, intent_damaged = false;
+	bool ckpt_damaged = false;
 	int err;
 
 	if (!t)
@@ -165,6 +258,11 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 	pthread_mutex_init(&t->flush_lock, NULL);
 	pthread_cond_init(&t->flush_cond, NULL);
 	atomic_init(&t->tick, 1);
+	struct intent_config icfg = {
+		.lease_ns = live ? lease_for(cfg) : 0,
+		.identity = stamp_identity,
+		.arg = t,
+	};
 
 	err = metadir_read_superblock(md, &t->sb);
 	if (!err)
@@ -173,30 +271,21 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 		goto fail;
 	t->info.start = TRACKER_START_CLEAN;
 
-	/* 1. checkpoints: without them no answer can be given at all. */
-	bool ckpt_damaged = false;
+	/*
+	 * 1. checkpoints: without them no answer can be given at all.  Only
+	 * content found damaged is doubted; a call that failed (EACCES,
+	 * ENOMEM, EIO) says nothing of the content, so nothing is reset.
+	 */
 	err = checkpoints_load(t->dirfd, &t->sb, &t->ckpts, &ckpt_damaged);
-	if (!err && ckpt_damaged) {
-		/* The newer copy may be the lost one: then the checkpoint it
-		 * added was never acknowledged.  Rewrite the damaged slot. */
-		struct checkpoint_list *copy = malloc(sizeof(*copy));
-		vt_warn("checkpoint list: one copy damaged; using the other and rewriting it");
-		if (copy) {
-			*copy = t->ckpts;
-			if (checkpoints_store(t->dirfd, t->ops, &t->sb, &t->ckpts, copy) == 0)
-				t->ckpts = *copy;
-			free(copy);
-		}
-	}
-	if (err) {
+	if (err == -EBADMSG || err == -ENOENT) {
 		snprintf(t->info.start_detail, sizeof(t->info.start_detail),
 			 "checkpoint list unreadable (%s): every checkpoint is gone, "
 			 "the next backup must be full", strerror(-err));
 		t->info.start = TRACKER_START_RESET;
-		err = reset_history(t, false);
-		if (err)
-			goto fail;
+		err = reset_history(t, false, true);
 	}
+	if (err)
+		goto fail;
 
 	/* 2. the persisted map */
 	if (t->info.start != TRACKER_START_RESET) {
@@ -215,7 +304,8 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 
 	/* 3. the intents */
 	if (t->info.start != TRACKER_START_RESET) {
-		err = intent_open(t->dirfd, t->ops, &t->sb, &t->in, &set, &intent_doubt, &intent_damaged);
+		err = intent_open(t->dirfd, t->ops, &t->sb, &icfg, &t->in, &set, &stamp,
+				  &intent_doubt, &intent_damaged);
 		if (err == -ENOENT) {
 			intent_doubt = true;
 		} else if (err) {
@@ -226,6 +316,9 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 		}
 	}
 
+	/* 4. was the volume written by anything but a tracker since? */
+	const char *why;
+	err = 0;
 	if (t->info.start == TRACKER_START_RESET) {
 		/* the checkpoint list was lost: already reset above */
 	} else if (map_doubt || intent_doubt) {
@@ -234,29 +327,29 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 				       "since every checkpoint" :
 				       "write-intent map unreadable: everything is reported "
 				       "changed since every checkpoint");
+	} else if (t->sb.state & SB_STATE_UNTRACKED) {
+		err = doubt_everything(t, TRACKER_START_OFFLINE_CHANGE,
+				       "the volume was served without tracking (serve --no-track) "
+				       "since the last tracked run: everything is reported changed");
 	} else if (!(t->sb.state & SB_STATE_CLEAN)) {
-		t->info.start = TRACKER_START_RECOVERED;
-		snprintf(t->info.start_detail, sizeof(t->info.start_detail),
-			 "not closed cleanly: %u write-intent region(s) counted as changed", set);
+		why = written_after_crash(&t->sb, &stamp, id);
+		if (why) {
+			err = doubt_everything(t, TRACKER_START_OFFLINE_CHANGE, why);
+		} else {
+			t->info.start = TRACKER_START_RECOVERED;
+			snprintf(t->info.start_detail, sizeof(t->info.start_detail),
+				 "not closed cleanly: %u write-intent region(s) counted as changed",
+				 set);
+		}
 	} else if (!identity_matches(&t->sb, id)) {
 		err = doubt_everything(t, TRACKER_START_OFFLINE_CHANGE,
 				       "the volume was modified while nothing tracked it "
 				       "(size, inode or ctime differ): everything is reported changed");
 	}
+	if (!err)
+		err = reopen_files(t, &icfg);
 	if (err)
 		goto fail;
-
-	/* Reopen what reset_history rewrote. */
-	if (!t->mf) {
-		err = mapfile_open(t->dirfd, t->ops, &t->sb, &t->cm, &t->mf, &rep);
-		if (err)
-			goto fail;
-	}
-	if (!t->in) {
-		err = intent_open(t->dirfd, t->ops, &t->sb, &t->in, &set, &intent_doubt, &intent_damaged);
-		if (err)
-			goto fail;
-	}
 	atomic_store(&t->open_epoch, t->ckpts.open_epoch);
 
 	/* Recovery: every block of every intent region, and of every damaged
@@ -272,10 +365,36 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 	if (t->info.bad_pages)
 		mapfile_mark_lost(t->mf, &t->cm, t->ckpts.open_epoch);
 
-	if (t->info.start == TRACKER_START_RESET || t->info.start == TRACKER_START_OFFLINE_CHANGE)
-		vt_error("change tracking: %s", t->info.start_detail);
-	else if (t->info.start != TRACKER_START_CLEAN)
+	/*
+	 * 5. One copy of the checkpoint list was damaged.  It may have been
+	 * a store cut short, but it may as well have held the newest,
+	 * acknowledged checkpoint: its name could then be created again for
+	 * another instant, and a backup chain resting on it would silently
+	 * go wrong.  The surviving checkpoints still answer correctly, so
+	 * they and the map are kept, under a new generation.
+	 */
+	if (ckpt_damaged && (t->info.start == TRACKER_START_CLEAN ||
+			     t->info.start == TRACKER_START_RECOVERED)) {
+		snprintf(t->info.start_detail, sizeof(t->info.start_detail),
+			 "one copy of the checkpoint list is damaged: the newest checkpoint may "
+			 "be lost, so a new generation starts (the %u surviving checkpoint(s) "
+			 "still answer)", t->ckpts.n);
+		t->info.start = TRACKER_START_NEW_GENERATION;
+		intent_close(t->in);
+		t->in = NULL;
+		mapfile_close(t->mf);
+		t->mf = NULL;
+		err = reset_history(t, true, false);
+		if (!err)
+			err = reopen_files(t, &icfg);
+		if (err)
+			goto fail;
+	}
+
+	if (t->info.start == TRACKER_START_RECOVERED)
 		vt_warn("change tracking: %s", t->info.start_detail);
+	else if (t->info.start != TRACKER_START_CLEAN)
+		vt_error("change tracking: %s", t->info.start_detail);
 
 	if (live) {
 		/* From here on a crash must be recovered from: say so on disk
@@ -284,6 +403,8 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 		err = store_superblock(t);
 		if (!err)
 			err = intent_start(t->in);
+		if (!err)
+			err = intent_commit(t->in);	/* this run's first stamp and lease */
 		if (!err)
 			err = -pthread_create(&t->flusher, NULL, flusher_main, t);
 		if (err) {
@@ -299,11 +420,26 @@ fail:
 	return err;
 }
 
+int tracker_mark_untracked(struct metadir *md)
+{
+	struct superblock sb;
+	int err = metadir_read_superblock(md, &sb);
+
+	if (err || (sb.state & SB_STATE_UNTRACKED))
+		return err;
+	sb.state |= SB_STATE_UNTRACKED;
+	sb.state &= ~SB_STATE_CLEAN;
+	sb.sequence++;
+	return metadir_write_superblock(md, &sb);
+}
+
+/* Before intents go: every write they cover must be durable (hole of a
+ * power cut otherwise).  A latched error keeps failing here. */
 static int sync_volume(void *arg)
 {
 	struct tracker *t = arg;
 
-	return t->cfg.volume_fd < 0 ? 0 : t->ops->fdatasync(t->ops, t->cfg.volume_fd);
+	return t->cfg.volume ? volume_sync(t->cfg.volume, t->ops) : -ENODEV;
 }
 
 /* One flusher turn: persist the map, then clear idle intents. */
@@ -326,7 +462,9 @@ static int persist_and_clear(struct tracker *t)
 	if (err)
 		return err;
 	int cleared = intent_clear_idle(t->in, now - t->cfg.idle_ticks, sync_volume, t);
-	return cleared < 0 ? cleared : 0;
+	if (cleared < 0)
+		return cleared;
+	return intent_renew_lease(t->in);
 }
 
 static void *flusher_main(void *arg)
@@ -352,6 +490,7 @@ static void *flusher_main(void *arg)
 		t->flush_nudged = false;
 		pthread_mutex_unlock(&t->flush_lock);
 		int err = persist_and_clear(t);
+		VT_PAUSE_POINT("tracker.flush.done");
 		if (err && !warned)
 			vt_error("cannot persist the change map: %s; intents stay set, "
 				 "so nothing is lost, but a crash will over-report", strerror(-err));
@@ -387,9 +526,14 @@ int tracker_close(struct tracker *t, const struct volume_identity *id)
 	int err;
 
 	stop_threads(t);
-	/* Map durable, then intents cleared, then the superblock says clean:
-	 * a crash between any two steps is recovered from. */
+	/* Map durable, then the volume's data, then intents cleared, then
+	 * the superblock says clean: a crash between any two steps is
+	 * recovered from, and no write loses its intent before its data is
+	 * on disk (after a crash, the crashed server's writes may still be
+	 * only in the page cache when an offline command closes). */
 	err = mapfile_persist(t->mf, &t->cm);
+	if (!err)
+		err = sync_volume(t);
 	if (!err)
 		err = intent_clear_all(t->in);
 	if (!err) {
@@ -425,8 +569,10 @@ int tracker_write_begin(struct tracker *t, uint64_t off, uint64_t len, struct in
 void tracker_write_end(struct tracker *t, uint64_t off, uint64_t len)
 {
 	/* A write in flight across a checkpoint belongs after it. */
-	changemap_mark(&t->cm, off, len, atomic_load_explicit(&t->open_epoch,
-							      memory_order_acquire));
+	uint8_t e = atomic_load_explicit(&t->open_epoch, memory_order_acquire);
+
+	VT_PAUSE_POINT("tracker.end.epoch_loaded");
+	changemap_mark(&t->cm, off, len, e);
 	/* An RMW, not a load: it publishes the marks above to the flusher's
 	 * next increment (persist_and_clear), with no fence needed. */
 	intent_end(t->in, off, len, atomic_fetch_add(&t->tick, 0));
@@ -460,10 +606,25 @@ int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *o
 		/* The instant of the checkpoint: writes marked from now on
 		 * belong to the new epoch. */
 		t->ckpts = next;
-		atomic_store_explicit(&t->open_epoch, next.open_epoch, memory_order_release);
 		if (out)
 			*out = *c;
+	} else {
+		/*
+		 * The store failed, but its slot may be on disk all the same
+		 * (a failed fdatasync says nothing of what was written), and
+		 * then the checkpoint comes back at the next start.  Writes
+		 * from now on must count as changed since it, so the open
+		 * epoch moves on anyway: over-reporting is allowed.  The
+		 * attempt's sequence number is used up, so a retry can never
+		 * mix its blocks with this attempt's.
+		 */
+		t->ckpts.open_epoch = next.open_epoch;
+		t->ckpts.seq++;
+		vt_error("checkpoint '%s' could not be stored: %s; writes from now on count as "
+			 "changed since it, should it appear after a restart", name, strerror(-err));
 	}
+	VT_PAUSE_POINT("tracker.checkpoint.stored");
+	atomic_store_explicit(&t->open_epoch, t->ckpts.open_epoch, memory_order_release);
 	pthread_mutex_unlock(&t->lock);
 	return err;
 }

@@ -39,6 +39,7 @@ enum tracker_start {
 	TRACKER_START_RECOVERED,	/* after a crash: intent regions counted */
 	TRACKER_START_OFFLINE_CHANGE,	/* modified untracked: all changed */
 	TRACKER_START_RESET,		/* metadata unreadable: history reset */
+	TRACKER_START_NEW_GENERATION,	/* a checkpoint may be lost: new generation */
 };
 
 const char *tracker_start_name(enum tracker_start s);
@@ -62,7 +63,14 @@ struct tracker_info {
 struct tracker_config {
 	unsigned persist_interval_ms;	/* how often the map is written */
 	unsigned idle_ticks;		/* persists a region must sit idle before clearing */
-	int volume_fd;			/* synced before intents are cleared; -1: none */
+	/*
+	 * The volume the tracker covers.  It is synced (volume_sync) before
+	 * any intent is cleared, so that no write an intent covers can be
+	 * lost by a power cut once the intent is gone; a sync error latched
+	 * in it keeps every intent set and the superblock unclean.  Without
+	 * one, intents are never cleared.
+	 */
+	struct volume *volume;
 };
 
 void tracker_config_defaults(struct tracker_config *cfg);
@@ -77,8 +85,19 @@ struct tracker;
 int tracker_open(struct metadir *md, const struct volume_identity *id, bool live,
 		 const struct tracker_config *cfg, struct tracker **out);
 
-/* Persist everything and mark the superblock clean with `id`.  No
- * writes may be in flight.  Frees the tracker even on error. */
+/*
+ * Record, durably and before the first untracked write is served, that
+ * the volume is being written without tracking (`serve --no-track`).
+ * The next tracker_open() then reports everything changed under a new
+ * generation: nothing else could say which blocks those writes touched.
+ */
+int tracker_mark_untracked(struct metadir *md);
+
+/* Persist the map, sync the volume, clear the intents and mark the
+ * superblock clean with `id`, in that order.  No writes may be in
+ * flight.  On any failure (a latched volume sync error among them) the
+ * superblock stays unclean and the next open recovers.  Frees the
+ * tracker even on error. */
 int tracker_close(struct tracker *t, const struct volume_identity *id);
 
 /* Stop and free without marking anything clean (error paths): the next

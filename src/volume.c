@@ -53,6 +53,8 @@ int volume_create_file(const char *path, uint64_t size)
 	if (!err && fsync(fd) < 0)
 		err = -errno;
 	close(fd);
+	if (!err)
+		err = vt_sync_parent(path);
 	if (err)
 		unlink(path);
 	return err;
@@ -85,6 +87,29 @@ int volume_open(const char *path, unsigned flags, struct volume **out)
 fail:
 	volume_close(vol);
 	return err;
+}
+
+int volume_sync_done(struct volume *vol, int err)
+{
+	int none = 0;
+
+	if (err < 0)
+		atomic_compare_exchange_strong(&vol->sync_error, &none, err);
+	return atomic_load(&vol->sync_error);
+}
+
+int volume_sync_error(struct volume *vol)
+{
+	return atomic_load(&vol->sync_error);
+}
+
+int volume_sync(struct volume *vol, const struct vt_fsops *ops)
+{
+	int err = volume_sync_error(vol);
+
+	if (err)
+		return err;
+	return volume_sync_done(vol, ops->fdatasync(ops, vol->fd));
 }
 
 void volume_close(struct volume *vol)

@@ -11,9 +11,11 @@
 #ifndef VOLTRACK_VOLUME_H
 #define VOLTRACK_VOLUME_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "fsops.h"
 #include "superblock.h"
 #include "vio.h"
 
@@ -26,6 +28,7 @@ struct volume {
 	uint64_t size;
 	bool read_only;
 	char *path;
+	_Atomic int sync_error;	/* first failed sync, latched; see volume_sync() */
 };
 
 /* Kind and size of an existing path without opening it for writing. */
@@ -71,6 +74,25 @@ int volume_prep_zero(struct volume *vol, struct vio_req *req, uint64_t off,
 
 /* True when a failed zeroing attempt should fall to the next step. */
 bool volume_zero_retryable(int64_t res);
+
+/*
+ * Durability of the volume's data.  Linux reports a writeback error to
+ * one sync per open file, once: whichever sync sees it (the tracker's
+ * before clearing intents, a client's FLUSH, the final one at shutdown)
+ * consumes it, and the next returns 0 although acknowledged data may
+ * never have reached the disk.  So the first error latches in the
+ * volume: every later sync of it fails with that error, for every
+ * caller, until the process ends.  The tracker then keeps every intent
+ * set and never records a clean close; clients' FLUSHes fail.
+ *
+ * volume_sync() makes the data durable through ops (the real fdatasync,
+ * or a test's simulator) and returns 0 or the latched error.  Syncs made
+ * elsewhere (FLUSH and FUA writes on the I/O engine) report their outcome
+ * through volume_sync_done(), which returns what to tell the client.
+ */
+int volume_sync(struct volume *vol, const struct vt_fsops *ops);
+int volume_sync_done(struct volume *vol, int err);
+int volume_sync_error(struct volume *vol);
 
 /* What identifies a volume's content from outside: size, inode, ctime.
  * For block devices only the size means anything. */

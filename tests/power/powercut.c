@@ -44,7 +44,8 @@ struct reference {
 struct run {
 	struct faultfs ff;
 	struct metadir *md;
-	int vol;
+	int vol;			/* the volume's descriptor, owned by `volume` */
+	struct volume *volume;
 	char dir[64], vol_path[80], meta_path[96];
 	struct reference *refs[MAX_CKPTS];
 	unsigned nrefs;
@@ -162,6 +163,14 @@ static void setup(struct run *r)
 	}
 	fdatasync(r->vol);
 	free(buf);
+	close(r->vol);
+	/* Every data write and sync goes through the one descriptor the
+	 * tracker syncs, as in the server. */
+	if (volume_open(r->vol_path, 0, &r->volume)) {
+		printf("cannot open the volume\n");
+		exit(2);
+	}
+	r->vol = r->volume->fd;
 
 	metadir_open(r->meta_path, true, &r->md);
 	metadir_lock(r->md);
@@ -275,7 +284,7 @@ int main(void)
 		tracker_config_defaults(&cfg);
 		cfg.persist_interval_ms = 10;
 		cfg.idle_ticks = 1;
-		cfg.volume_fd = r->vol;
+		cfg.volume = r->volume;
 		identity(r->vol, &id);
 		metadir_set_fsops(r->md, &r->ff.ops);
 		int err = tracker_open(r->md, &id, true, &cfg, &t);
@@ -307,7 +316,7 @@ int main(void)
 	for (unsigned i = 0; i < r->nrefs; i++)
 		free(r->refs[i]);
 	metadir_close(r->md);
-	close(r->vol);
+	volume_close(r->volume);
 	faultfs_destroy(&r->ff);
 	char cmd[128];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", r->dir);
