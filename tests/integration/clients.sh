@@ -4,9 +4,11 @@
 # file written with dd/head the same way, read back with cmp.
 set -euo pipefail
 export PATH=/usr/bin:$PATH
-VOLTRACK=${VOLTRACK:-build/voltrack}
+VOLTRACK=$(realpath "${VOLTRACK:-build/voltrack}")
 ENGINE=${VOLTRACK_IO_ENGINE:-auto}
 W=$(mktemp -d -t voltrack-clients.XXXXXX)
+# fio leaves verify-state files in its working directory: keep them here.
+cd "$W"
 pass=0 fail=0
 cleanup() { [ -n "${SRV:-}" ] && kill -9 "$SRV" 2>/dev/null; rm -rf "$W"; }
 trap cleanup EXIT

@@ -83,7 +83,18 @@ def start_load(uri, zone):
             "--randrepeat=0", "--norandommap",
             "--name=w", "--rw=randwrite", "--bsrange=512-256k", "--iodepth=16", "--fsync=8",
             "--name=t", "--rw=randtrim", "--bs=64k", "--iodepth=4"]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    # Its own process group: fio's job processes outlive a SIGKILL of
+    # the parent, so the whole group is ended.
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
+                            start_new_session=True)
+
+
+def end_load(load):
+    try:
+        os.killpg(load.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    load.wait()
 
 
 srv = Server(size=SIZE, init=False)
@@ -95,6 +106,7 @@ srv.extra = ["--persist-interval", "50"]
 srv.start()
 
 refs = []          # (checkpoint name, reference copy)
+load = None
 missed_total = over_total = checks = 0
 worst_over = 0
 try:
@@ -116,12 +128,14 @@ try:
         srv.proc.wait()
         srv.proc = None
         srv.log.close()
-        load.kill()
-        load.wait()
+        end_load(load)
 
         srv.start()  # recovery
         for name, ref in refs:
             truth = differing_blocks(srv.volume, ref)
+            if name == refs[-1][0]:
+                # the premise: this trial's writes changed something
+                t.check(len(truth) > 0, f"trial {trial}: the load changed no block")
             for how, got in (("changes", reported_cli(srv.volume, name)),
                              ("nbdinfo", reported_nbd(srv.uri, name))):
                 missed = truth - got
@@ -136,6 +150,8 @@ try:
     p = vt("check", srv.volume)
     t.equal(p.returncode, 0, f"metadata sound after {TRIALS} crashes: {p.stdout}")
 finally:
+    if load is not None:
+        end_load(load)
     srv.cleanup()
 
 print(f"crash trials: {TRIALS}, checks: {checks}, missed blocks: {missed_total}, "
