@@ -60,9 +60,10 @@ static int parse(int argc, char **argv, struct serve_opts *o)
 		case 'r': o->read_only = true; break;
 		case 'n': o->no_track = true; break;
 		case 'p':
-			if (cli_parse_uint("--persist-interval", optarg, 3600000, &v) || v < 10)
-				return v < 10 ? cli_usage("serve", "--persist-interval is at least 10 ms")
-					      : EXIT_USAGE;
+			if (cli_parse_uint("--persist-interval", optarg, 3600000, &v))
+				return EXIT_USAGE;
+			if (v < 10)
+				return cli_usage("serve", "--persist-interval is at least 10 ms");
 			o->persist_ms = v;
 			break;
 		case 'e':
@@ -81,15 +82,17 @@ static int parse(int argc, char **argv, struct serve_opts *o)
 			o->cfg.workers = v;
 			break;
 		case 'c':
-			if (cli_parse_uint("--max-connections", optarg, 65536, &v) || v == 0)
-				return v == 0 ? cli_usage("serve", "--max-connections must be at least 1")
-					      : EXIT_USAGE;
+			if (cli_parse_uint("--max-connections", optarg, 65536, &v))
+				return EXIT_USAGE;
+			if (v == 0)
+				return cli_usage("serve", "--max-connections must be at least 1");
 			o->cfg.max_connections = v;
 			break;
 		case 't':
-			if (cli_parse_uint("--handshake-timeout", optarg, 3600, &v) || v == 0)
-				return v == 0 ? cli_usage("serve", "--handshake-timeout must be at least 1")
-					      : EXIT_USAGE;
+			if (cli_parse_uint("--handshake-timeout", optarg, 3600, &v))
+				return EXIT_USAGE;
+			if (v == 0)
+				return cli_usage("serve", "--handshake-timeout must be at least 1");
 			o->cfg.handshake_timeout_ms = v * 1000;
 			break;
 		default:

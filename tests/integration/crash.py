@@ -122,8 +122,14 @@ try:
                 os.unlink(refs.pop(1)[1])
 
         zone = rnd.randrange(0, (SIZE - ZONE) // REGION + 1) * REGION
+        before = os.stat(srv.volume).st_mtime_ns
         load = start_load(srv.uri, zone)
-        time.sleep(rnd.uniform(0.2, 1.2))
+        # fio takes a moment to start: kill only once it is writing, so
+        # that every trial has changes to find.
+        deadline = time.time() + 10
+        while os.stat(srv.volume).st_mtime_ns == before and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(rnd.uniform(0.05, 1.0))
         srv.proc.send_signal(signal.SIGKILL)
         srv.proc.wait()
         srv.proc = None
