@@ -142,8 +142,10 @@ int cmd_track(int argc, char **argv)
 		return cli_fail("out of memory");
 	}
 	/* A server may be between taking the lock and opening its socket. */
+	bool busy = false;
 	for (int attempt = 0; attempt < 50; attempt++) {
-		bool busy;
+		if (attempt)
+			usleep(100000);
 		status = ctl_client_call(sock, nrest, rest);
 		if (status >= 0)
 			break;
@@ -154,9 +156,9 @@ int cmd_track(int argc, char **argv)
 		status = run_offline(volume, meta, nrest, rest, &busy);
 		if (!busy)
 			break;
-		usleep(100000);
-		status = cli_fail("%s is locked, but no server answers on %s", meta, sock);
 	}
+	if (busy) /* said once, when every attempt found the lock taken */
+		status = cli_fail("%s is locked, but no server answers on %s", meta, sock);
 	free(sock);
 	free(meta);
 	return status;

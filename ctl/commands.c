@@ -5,7 +5,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -57,38 +56,50 @@ static void iso_time(uint64_t t, char *buf, size_t len)
 	strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-/* Parse [--json] plus named string options; returns 0 or 2. */
+/*
+ * [--json] [--since NAME] [--until NAME] and positional arguments, in any
+ * order.  Hand-parsed: getopt keeps its state in globals, and commands
+ * run on the control thread while other code may use getopt.
+ */
+#define MAX_ARGS 4
 struct opts {
 	bool json;
 	const char *since, *until;
-	int first_arg;
+	const char *args[MAX_ARGS];
+	int nargs;
 };
 
 static int parse_opts(int argc, char **argv, struct opts *o, bool allow_range, FILE *out)
 {
-	static const struct option longopts[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ "since", required_argument, NULL, 's' },
-		{ "until", required_argument, NULL, 'u' },
-		{ NULL, 0, NULL, 0 },
-	};
-	int c;
-
 	memset(o, 0, sizeof(*o));
-	optind = 1;
-	opterr = 0;
-	while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
-		switch (c) {
-		case 'j': o->json = true; break;
-		case 's': if (!allow_range) goto bad; o->since = optarg; break;
-		case 'u': if (!allow_range) goto bad; o->until = optarg; break;
-		default: goto bad;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i], *val = NULL;
+		const char **slot = NULL;
+
+		if (!strcmp(a, "--json")) {
+			o->json = true;
+			continue;
 		}
+		if (!strncmp(a, "--since", 7) && (a[7] == 0 || a[7] == '='))
+			slot = &o->since;
+		else if (!strncmp(a, "--until", 7) && (a[7] == 0 || a[7] == '='))
+			slot = &o->until;
+		if (slot) {
+			if (!allow_range)
+				return fail(out, 2, "%s: unexpected option '%s'", argv[0], a);
+			val = a[7] == '=' ? a + 8 : (i + 1 < argc ? argv[++i] : NULL);
+			if (!val)
+				return fail(out, 2, "%s: %.7s needs a checkpoint NAME", argv[0], a);
+			*slot = val;
+			continue;
+		}
+		if (a[0] == '-' && a[1])
+			return fail(out, 2, "%s: unexpected option '%s'", argv[0], a);
+		if (o->nargs == MAX_ARGS)
+			return fail(out, 2, "%s: too many arguments", argv[0]);
+		o->args[o->nargs++] = a;
 	}
-	o->first_arg = optind;
 	return 0;
-bad:
-	return fail(out, 2, "%s: unexpected option '%s'", argv[0], argv[optind - 1]);
 }
 
 static int cmd_checkpoint(struct tracker *t, int argc, char **argv, FILE *out)
@@ -98,9 +109,9 @@ static int cmd_checkpoint(struct tracker *t, int argc, char **argv, FILE *out)
 
 	if (parse_opts(argc, argv, &o, false, out))
 		return 2;
-	if (argc - o.first_arg != 1)
+	if (o.nargs != 1)
 		return fail(out, 2, "checkpoint takes one NAME");
-	const char *name = argv[o.first_arg];
+	const char *name = o.args[0];
 	int err = tracker_checkpoint(t, name, &c);
 	if (err == -EINVAL)
 		return fail(out, 2, "'%s' is not a valid checkpoint name "
@@ -127,7 +138,7 @@ static int cmd_changes(struct tracker *t, int argc, char **argv, FILE *out)
 
 	if (parse_opts(argc, argv, &o, true, out))
 		return 2;
-	if (!o.since || argc != o.first_arg)
+	if (!o.since || o.nargs)
 		return fail(out, 2, "changes needs --since NAME and nothing else");
 	if (tracker_checkpoint_epoch(t, o.since, &since))
 		return fail(out, 1, "no checkpoint named '%s'", o.since);
@@ -192,7 +203,7 @@ static int cmd_list(struct tracker *t, int argc, char **argv, FILE *out)
 
 	if (parse_opts(argc, argv, &o, false, out))
 		return 2;
-	if (argc != o.first_arg)
+	if (o.nargs)
 		return fail(out, 2, "list takes no arguments");
 	tracker_checkpoints(t, &l);
 	changemap_changed_since(tracker_map(t), since);
@@ -248,7 +259,7 @@ static int cmd_status(struct tracker *t, struct metadir *md, int argc, char **ar
 
 	if (parse_opts(argc, argv, &o, false, out))
 		return 2;
-	if (argc != o.first_arg)
+	if (o.nargs)
 		return fail(out, 2, "status takes no arguments");
 	tracker_info(t, &i);
 	vt_uuid_format(&i.generation, gen);
@@ -311,43 +322,27 @@ int ctl_run(struct tracker *t, struct metadir *md, int argc, char **argv, FILE *
 
 static int check_intent(int dirfd, const struct superblock *sb, FILE *out)
 {
-	uint8_t *blk = aligned_alloc(MB_SIZE, 2 * MB_SIZE);
-	uint64_t seq;
-	int fd = openat(dirfd, INTENT_NAME, O_RDONLY | O_CLOEXEC), bad = 0;
+	bool ok[2];
+	int err = intent_verify(dirfd, sb, ok);
 
-	if (!blk)
-		return 1;
-	if (fd < 0) {
-		fprintf(out, "intent: cannot open: %s\n", strerror(errno));
-		free(blk);
+	if (err) {
+		fprintf(out, "intent: cannot read: %s\n", strerror(-err));
 		return 1;
 	}
-	ssize_t n = pread(fd, blk, 2 * MB_SIZE, 0);
-	close(fd);
-	if (n < 0)
-		n = 0;
-	if (n < 2 * MB_SIZE)
-		memset(blk + n, 0, 2 * MB_SIZE - (size_t)n);
-	int valid = 0;
-	for (int s = 0; s < 2; s++) {
-		if (mb_check(blk + s * MB_SIZE, "VTRKINTN", 0, mb_gen_tag(&sb->generation), &seq) == 0)
-			valid++;
-		else
+	for (int s = 0; s < 2; s++)
+		if (!ok[s])
 			fprintf(out, "intent: copy %d is damaged\n", s);
-	}
-	if (valid == 2) {
+	if (ok[0] && ok[1]) {
 		fprintf(out, "intent: ok\n");
-	} else if (valid == 1) {
+		return 0;
+	}
+	if (ok[0] || ok[1])
 		fprintf(out, "intent: one copy left; %s\n", sb->state & SB_STATE_CLEAN ?
 			"closed cleanly, so it is used and rewritten at the next start" :
 			"after an unclean stop the whole volume will be reported changed");
-		bad = 1;
-	} else {
+	else
 		fprintf(out, "intent: no valid copy: the whole volume will be reported changed\n");
-		bad = 1;
-	}
-	free(blk);
-	return bad;
+	return 1;
 }
 
 int ctl_check(struct metadir *md, FILE *out)

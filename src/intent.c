@@ -169,6 +169,53 @@ int intent_create(int dirfd, const struct vt_fsops *ops, const struct superblock
 	return err;
 }
 
+/* Read both slots into blk and say which are whole and of this volume's
+ * geometry and generation.  A short file is a slot that is not there:
+ * damage, not an error of the call. */
+static int read_slots(int fd, uint8_t *blk, uint32_t n, uint64_t region, uint64_t tag,
+		      bool ok[2], uint64_t seq[2])
+{
+	for (unsigned s = 0; s < 2; s++) {
+		uint8_t *b = blk + s * MB_SIZE;
+		uint32_t nr;
+		uint64_t rs;
+		int err = file_pread_full(fd, b, MB_SIZE, (uint64_t)s * MB_SIZE);
+
+		ok[s] = false;
+		if (err == -EBADMSG)
+			continue;
+		if (err)
+			return err;
+		if (mb_check(b, MAGIC, 0, tag, &seq[s]))
+			continue;
+		memcpy(&nr, b + MB_HEADER + P_NREGIONS, 4);
+		memcpy(&rs, b + MB_HEADER + P_REGION, 8);
+		ok[s] = le32toh(nr) == n && le64toh(rs) == region;
+	}
+	return 0;
+}
+
+int intent_verify(int dirfd, const struct superblock *sb, bool ok[2])
+{
+	uint8_t *blk = aligned_alloc(MB_SIZE, 2 * MB_SIZE);
+	uint64_t region, seq[2];
+	uint32_t n;
+	int fd, err;
+
+	if (!blk)
+		return -ENOMEM;
+	geometry(sb, &region, &n);
+	fd = openat(dirfd, INTENT_NAME, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		free(blk);
+		return -errno;
+	}
+	err = read_slots(fd, blk, n, region, mb_gen_tag(&sb->generation), ok, seq);
+	close(fd);
+	free(blk);
+	return err;
+}
+
 int intent_open(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
 		const struct intent_config *cfg, struct intent **out,
 		uint32_t *set, struct intent_stamp *stamp, bool *doubt, bool *damaged)
@@ -209,24 +256,9 @@ int intent_open(int dirfd, const struct vt_fsops *ops, const struct superblock *
 		err = -errno;
 		goto fail;
 	}
-	for (unsigned s = 0; s < 2; s++) {
-		uint8_t *b = in->blk + s * MB_SIZE;
-		uint32_t nr;
-		uint64_t rs;
-		/* A short file is a slot that is not there: damage, not an
-		 * error of the call. */
-		err = file_pread_full(in->fd, b, MB_SIZE, (uint64_t)s * MB_SIZE);
-		if (err == -EBADMSG)
-			continue;
-		if (err)
-			goto fail;
-		ok[s] = mb_check(b, MAGIC, 0, in->gen_tag, &seq[s]) == 0;
-		if (!ok[s])
-			continue;
-		memcpy(&nr, b + MB_HEADER + P_NREGIONS, 4);
-		memcpy(&rs, b + MB_HEADER + P_REGION, 8);
-		ok[s] = le32toh(nr) == n && le64toh(rs) == region;
-	}
+	err = read_slots(in->fd, in->blk, n, region, in->gen_tag, ok, seq);
+	if (err)
+		goto fail;
 	/*
 	 * One bad slot is a commit torn by a crash or damage to the newest
 	 * copy; the survivor may lack regions that were set, so after an

@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "metablock.h"
+
 struct metadir {
 	char *path;
 	int dirfd;
@@ -67,11 +69,6 @@ void metadir_close(struct metadir *md)
 	free(md);
 }
 
-const char *metadir_path(const struct metadir *md)
-{
-	return md->path;
-}
-
 const struct vt_fsops *metadir_fsops(const struct metadir *md)
 {
 	return md->ops;
@@ -112,24 +109,6 @@ int metadir_lock(struct metadir *md)
 	return 0;
 }
 
-static int read_full(int fd, void *buf, size_t len)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)done);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -EBADMSG; /* truncated */
-		done += (size_t)n;
-	}
-	return 0;
-}
-
 int metadir_read_superblock(struct metadir *md, struct superblock *sb)
 {
 	uint8_t block[SB_SIZE];
@@ -138,7 +117,7 @@ int metadir_read_superblock(struct metadir *md, struct superblock *sb)
 
 	if (fd < 0)
 		return -errno;
-	err = read_full(fd, block, sizeof(block));
+	err = file_pread_full(fd, block, sizeof(block), 0);
 	close(fd);
 	if (err)
 		return err;

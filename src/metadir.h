@@ -25,7 +25,6 @@ int metadir_default_path(const char *volume_path, char **out);
 int metadir_open(const char *path, bool create, struct metadir **out);
 void metadir_close(struct metadir *md);
 
-const char *metadir_path(const struct metadir *md);
 /* The directory's descriptor, for openat(); owned by md. */
 int metadir_fd(const struct metadir *md);
 

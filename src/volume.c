@@ -69,10 +69,9 @@ int volume_open(const char *path, unsigned flags, struct volume **out)
 	if (!vol)
 		return -ENOMEM;
 	vol->read_only = flags & VOLUME_READ_ONLY;
-	vol->path = strdup(path);
 	vol->fd = open(path, oflags);
-	if (!vol->path || vol->fd < 0) {
-		err = vol->path ? -errno : -ENOMEM;
+	if (vol->fd < 0) {
+		err = -errno;
 		goto fail;
 	}
 	err = describe(vol->fd, &vol->kind, &vol->size);
@@ -118,7 +117,6 @@ void volume_close(struct volume *vol)
 		return;
 	if (vol->fd >= 0)
 		close(vol->fd);
-	free(vol->path);
 	free(vol);
 }
 

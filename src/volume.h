@@ -27,7 +27,6 @@ struct volume {
 	enum sb_volume_kind kind;
 	uint64_t size;
 	bool read_only;
-	char *path;
 	_Atomic int sync_error;	/* first failed sync, latched; see volume_sync() */
 };
 
