@@ -27,18 +27,19 @@ $(BUILD_TSAN)/build.ninja:
 deps:
 	scripts/deps.sh
 
-# The full suite, three times: as shipped, under ASan+UBSan, and the
-# threaded parts under TSan.
+# The full suite, three times: as shipped (and its unit tests again under
+# valgrind's memcheck), under ASan+UBSan, and the threaded parts under TSan.
 check: deps all $(BUILD_ASAN)/build.ninja $(BUILD_TSAN)/build.ninja
-	$(MESON) test -C $(BUILD) --print-errorlogs
+	$(MESON) test -C $(BUILD) --print-errorlogs --no-suite memcheck
+	$(MESON) test -C $(BUILD) --print-errorlogs --setup memcheck --suite memcheck
 	ninja -C $(BUILD_ASAN)
-	$(MESON) test -C $(BUILD_ASAN) --print-errorlogs
+	$(MESON) test -C $(BUILD_ASAN) --print-errorlogs --no-suite memcheck
 	ninja -C $(BUILD_TSAN)
 	$(MESON) test -C $(BUILD_TSAN) --print-errorlogs --suite threads
 
 # Just the plain build, for a quick edit-test loop.
 check-fast: all
-	$(MESON) test -C $(BUILD) --print-errorlogs
+	$(MESON) test -C $(BUILD) --print-errorlogs --no-suite memcheck
 
 # Long crash runs: 1000 kill -9 trials (about an hour).
 torture: all

@@ -4,7 +4,7 @@
 set -eu
 
 PACKAGES="gcc meson ninja-build pkg-config liburing-dev libcmocka-dev \
-qemu-utils qemu-system-common nbdkit libnbd-bin python3-libnbd fio"
+qemu-utils qemu-system-common nbdkit libnbd-bin python3-libnbd fio valgrind"
 
 missing=""
 for p in $PACKAGES; do
