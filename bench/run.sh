@@ -15,7 +15,7 @@ SIZE=${1:-1G} RT=${2:-5} ROUNDS=${3:-3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 VOLTRACK=${VOLTRACK:-$HERE/../build/voltrack}
 W=$(mktemp -d -t voltrack-bench.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$W"' EXIT
 
 JOBS=("randw4k-qd32 randwrite 4k 32" "seqw1m-qd8 write 1m 8" "randr4k-qd32 randread 4k 32")
 SERVERS=(voltrack voltrack-no-track nbdkit-file qsd-raw qsd-qcow2-bitmap)

@@ -132,7 +132,7 @@ int cmd_init(int argc, char **argv)
 	struct volume_identity id;
 	err = volume_open(volume, VOLUME_READ_ONLY, &vol);
 	if (!err) {
-		err = volume_identity(vol, &id);
+		err = volume_identity_settled(vol, &id);
 		volume_close(vol);
 	}
 	if (err) {
@@ -143,6 +143,7 @@ int cmd_init(int argc, char **argv)
 	sb.id_size = id.size;
 	sb.id_ino = id.ino;
 	sb.id_ctime_ns = id.ctime_ns;
+	sb.id_taken_ns = id.taken_ns;
 
 	/* Tracking files first: a superblock never points at a generation
 	 * whose files are not there. */

@@ -322,7 +322,7 @@ int cmd_serve(int argc, char **argv)
 	}
 	if (tracker) {
 		struct volume_identity id;
-		err = volume_identity(vol, &id);
+		err = volume_identity_settled(vol, &id);
 		if (!err)
 			err = tracker_close(tracker, &id);
 		tracker = NULL;

@@ -389,11 +389,15 @@ static void io_done(struct vio_req *io)
 	default: /* WRITE, FLUSH */
 		/* FLUSH errors latch; a FUA write is only as durable as the
 		 * volume's last sync (see volume_sync()). */
-		if (sl->rq.type == NBD_CMD_FLUSH)
+		if (sl->rq.type == NBD_CMD_FLUSH) {
 			res = volume_sync_done(sl->conn->s.export->vol, (int)res);
-		else if ((sl->rq.flags & NBD_CMD_FLAG_FUA) && res >= 0 &&
-			 volume_sync_error(sl->conn->s.export->vol))
-			res = volume_sync_error(sl->conn->s.export->vol);
+		} else if (sl->rq.flags & NBD_CMD_FLAG_FUA) {
+			/* A FUA write syncs too (RWF_DSYNC): its error may be an
+			 * earlier write's writeback error, reported only here. */
+			int err = volume_sync_done(sl->conn->s.export->vol, res < 0 ? (int)res : 0);
+			if (res >= 0 && err)
+				res = err;
+		}
 		if (res < 0)
 			reply_errno(sl, res);
 		else

@@ -123,7 +123,8 @@ out:
 }
 
 int checkpoints_store(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
-		      const struct checkpoint_list *prev, struct checkpoint_list *l)
+		      const struct checkpoint_list *prev, struct checkpoint_list *l,
+		      bool *touched)
 {
 	uint8_t *payload = malloc((size_t)SLOT_BLOCKS * MB_PAYLOAD);
 	uint8_t *blk = aligned_alloc(MB_SIZE, MB_SIZE);
@@ -131,6 +132,7 @@ int checkpoints_store(int dirfd, const struct vt_fsops *ops, const struct superb
 	uint32_t nblocks;
 	int fd = -1, err = 0;
 
+	*touched = false;
 	if (!payload || !blk) {
 		err = -ENOMEM;
 		goto out;
@@ -141,6 +143,7 @@ int checkpoints_store(int dirfd, const struct vt_fsops *ops, const struct superb
 		goto out;
 	}
 	encode(l, payload, &nblocks);
+	*touched = true;
 	err = write_slot(ops, fd, sb, payload, nblocks, slot, prev->seq + 1, blk);
 	if (!err)
 		err = ops->fdatasync(ops, fd);

@@ -52,8 +52,11 @@ int checkpoints_create(int dirfd, const struct vt_fsops *ops, const struct super
  * (optional) reports a bad slot beside the one used. */
 int checkpoints_load(int dirfd, const struct superblock *sb, struct checkpoint_list *l,
 		     bool *damaged);
-/* Write l into the slot not holding `prev`; on success l records it. */
+/* Write l into the slot not holding `prev`; on success l records it.
+ * *touched says whether the file may have changed, also on failure
+ * (false when it failed before writing anything). */
 int checkpoints_store(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
-		      const struct checkpoint_list *prev, struct checkpoint_list *l);
+		      const struct checkpoint_list *prev, struct checkpoint_list *l,
+		      bool *touched);
 
 #endif

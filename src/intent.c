@@ -18,12 +18,12 @@
 enum { IR_CLEAR, IR_PENDING, IR_DURABLE, IR_CLEARING };
 
 /* Payload: nregions (4), flags (4), region size (8), bitmap from 16;
- * the stamp in the last 32 bytes.  doc/format.md has the table. */
+ * the stamp in the last 40 bytes.  doc/format.md has the table. */
 #define P_NREGIONS 0
 #define P_FLAGS 4
 #define P_REGION 8
 #define P_BITMAP 16
-#define P_STAMP (MB_PAYLOAD - 32)
+#define P_STAMP (MB_PAYLOAD - 40)
 #define FLAG_QUIET 1u
 
 _Static_assert(P_BITMAP + INTENT_MAX_REGIONS / 8 <= P_STAMP, "bitmap overlaps the stamp");
@@ -116,6 +116,7 @@ static void encode(uint8_t *blk, uint32_t nregions, uint64_t region, const uint8
 	put64(p + P_STAMP + 8, st->id.size);
 	put64(p + P_STAMP + 16, st->id.ino);
 	put64(p + P_STAMP + 24, st->id.ctime_ns);
+	put64(p + P_STAMP + 32, st->id.taken_ns);
 	mb_seal(blk, MAGIC, 0, seq, tag);
 }
 
@@ -130,6 +131,7 @@ static void decode_stamp(const uint8_t *blk, struct intent_stamp *st)
 	st->id.size = get64(p + P_STAMP + 8);
 	st->id.ino = get64(p + P_STAMP + 16);
 	st->id.ctime_ns = get64(p + P_STAMP + 24);
+	st->id.taken_ns = get64(p + P_STAMP + 32);
 }
 
 static int geometry(const struct superblock *sb, uint64_t *region, uint32_t *nregions)
@@ -479,19 +481,6 @@ static int commit_locked(struct intent *in)
 	return in->finished_err;
 }
 
-/*
- * May a data write start now?  Only well inside the durable lease: the
- * guard covers the time between this check and the moment the kernel
- * stamps the write's ctime (queueing on the ring, a preempted worker).
- * A write that still lands past the lease only makes recovery doubt more.
- */
-static bool lease_allows(struct intent *in)
-{
-	if (!in->cfg.lease_ns)
-		return true;
-	return intent_wall_ns() + in->cfg.lease_ns / 4 < atomic_load(&in->lease_ns);
-}
-
 int intent_begin(struct intent *in, uint64_t off, uint64_t len, struct intent_wait *w)
 {
 	uint32_t r0 = (uint32_t)(off >> in->region_shift);
@@ -505,7 +494,7 @@ int intent_begin(struct intent *in, uint64_t off, uint64_t len, struct intent_wa
 	for (uint32_t r = r0; r <= r1; r++)
 		if (atomic_load(&in->state[r]) != IR_DURABLE)
 			slow = true;
-	if (!slow && lease_allows(in))
+	if (!slow)
 		return 0;
 
 	pthread_mutex_lock(&in->lock);
@@ -518,7 +507,7 @@ int intent_begin(struct intent *in, uint64_t off, uint64_t len, struct intent_wa
 		atomic_store(&in->state[r], IR_PENDING);
 		set_bit(in->wanted, r, true);
 	}
-	if (all && lease_allows(in)) {
+	if (all) {
 		pthread_mutex_unlock(&in->lock);
 		return 0;
 	}
@@ -527,7 +516,7 @@ int intent_begin(struct intent *in, uint64_t off, uint64_t len, struct intent_wa
 		pthread_mutex_unlock(&in->lock);
 		return err;
 	}
-	/* Wait for a commit that includes these regions and a fresh lease. */
+	/* Wait for a commit that includes these regions. */
 	w->need_gen = in->started_gen + 1;
 	w->next = in->waiters;
 	in->waiters = w;

@@ -16,17 +16,18 @@
  *
  * Every commit also carries a stamp that recovery uses to tell whether
  * anything but the tracker wrote the volume while no server ran (I6):
- *   - the write lease: a wall-clock time before which every data write
- *     the server issues falls.  Writers do not start a write past
- *     (lease - guard); while regions are set, commits renew it.  After a
- *     crash, a file whose ctime is past the lease was written by someone
- *     else.
+ *   - the write lease: a wall-clock time by which the server means to
+ *     have renewed it.  While regions are set, the tracker renews it well
+ *     before it runs out.  After a crash, a file whose ctime is past the
+ *     lease was written by someone else, or by a server whose renewals
+ *     stalled (a hung metadata sync): either way recovery doubts
+ *     everything.  Writers never wait for the lease; a stall costs an
+ *     over-report after a crash, never a slower write path.
  *   - when no region is set in the commit, the volume's identity (size,
  *     inode, ctime) at that moment: no tracked write can happen before
  *     the next commit, so after a crash the volume must still match it.
  *
- * The fast path is two atomics: inflight[r]++ and a load of state[r],
- * plus a look at the coarse clock against the lease.
+ * The fast path is two atomics: inflight[r]++ and a load of state[r].
  * Clearing does the mirror image: state DURABLE->CLEARING, then a load
  * of inflight[r], backing off if a writer is there.  With sequentially
  * consistent ordering at least one side sees the other, so a region is
@@ -45,11 +46,12 @@
 
 #define INTENT_NAME "intent"
 #define INTENT_MIN_REGION (64ull << 20)
-#define INTENT_MAX_REGIONS 32064u	/* bits that fit one metadata block */
+#define INTENT_MAX_REGIONS 32064u	/* bits that fit beside the stamp in one block */
 
 /* The volume as it was at a commit; valid tells whether it was taken. */
 struct intent_identity {
 	uint64_t size, ino, ctime_ns;
+	uint64_t taken_ns;	/* wall clock (coarse) when it was taken */
 };
 
 /* What the newest commit said, for recovery (see above). */

@@ -24,6 +24,7 @@ enum {
 	OFF_ID_SIZE = 96,
 	OFF_ID_INO = 104,
 	OFF_ID_CTIME = 112,
+	OFF_ID_TAKEN = 120,
 };
 
 static void put32(uint8_t *p, uint32_t v)
@@ -85,6 +86,7 @@ void sb_encode(const struct superblock *sb, uint8_t out[SB_SIZE])
 	put64(out + OFF_ID_SIZE, sb->id_size);
 	put64(out + OFF_ID_INO, sb->id_ino);
 	put64(out + OFF_ID_CTIME, sb->id_ctime_ns);
+	put64(out + OFF_ID_TAKEN, sb->id_taken_ns);
 	put32(out + OFF_CRC, sb_checksum(out));
 }
 
@@ -114,6 +116,7 @@ int sb_decode(const uint8_t in[SB_SIZE], struct superblock *sb)
 	sb->id_size = get64(in + OFF_ID_SIZE);
 	sb->id_ino = get64(in + OFF_ID_INO);
 	sb->id_ctime_ns = get64(in + OFF_ID_CTIME);
+	sb->id_taken_ns = get64(in + OFF_ID_TAKEN);
 
 	/* A correct checksum over nonsense is still nonsense. */
 	if (!sb_granularity_valid(sb->granularity) ||

@@ -43,6 +43,7 @@ struct superblock {
 	uint64_t id_size;
 	uint64_t id_ino;
 	uint64_t id_ctime_ns;
+	uint64_t id_taken_ns;		/* when id_* were taken; 0 before version 2 */
 };
 
 #define SB_STATE_CLEAN 1u		/* closed cleanly; id_* are valid */

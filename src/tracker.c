@@ -38,6 +38,7 @@ void tracker_config_defaults(struct tracker_config *cfg)
 {
 	cfg->persist_interval_ms = 1000;
 	cfg->idle_ticks = 2;
+	cfg->lease_ms = 0;
 	cfg->volume = NULL;
 }
 
@@ -79,13 +80,25 @@ int tracker_format(struct metadir *md, const struct superblock *sb)
 	return err;
 }
 
-static bool identity_matches(const struct superblock *sb, const struct volume_identity *id)
+/* The identity recorded at the clean close against the volume now; NULL
+ * when it matches and can be trusted to, else why not. */
+static const char *changed_since_close(const struct superblock *sb,
+				       const struct volume_identity *id)
 {
 	if (sb->id_size != id->size)
-		return false;
+		return "the volume changed size while nothing tracked it: everything is "
+		       "reported changed";
 	if (sb->volume_kind != SB_KIND_FILE)
-		return true; /* a block device's node says nothing of its content */
-	return sb->id_ino == id->ino && sb->id_ctime_ns == id->ctime_ns;
+		return NULL; /* a block device's node says nothing of its content */
+	if (sb->id_ino != id->ino || sb->id_ctime_ns != id->ctime_ns)
+		return "the volume was modified while nothing tracked it (inode or ctime "
+		       "differ): everything is reported changed";
+	struct volume_identity then = { .ctime_ns = sb->id_ctime_ns, .taken_ns = sb->id_taken_ns };
+	if (sb->id_taken_ns && !volume_identity_decisive(&then))
+		return "the volume was closed within its filesystem's timestamp granularity of "
+		       "its last write, so a later change could leave its ctime as it was: "
+		       "everything is reported changed";
+	return NULL;
 }
 
 /*
@@ -110,11 +123,21 @@ static const char *written_after_crash(const struct superblock *sb,
 	if (st->id.ino && st->id.ino != id->ino)
 		return "the volume file was replaced after the last server stopped uncleanly: "
 		       "everything is reported changed";
+	if (id->ctime_ns < st->id.ctime_ns)
+		return "the volume's ctime went backwards after the last server stopped "
+		       "uncleanly (a restored file system, or a clock set back): everything "
+		       "is reported changed";
 	if (st->quiet) {
+		struct volume_identity then = { .ctime_ns = st->id.ctime_ns,
+						 .taken_ns = st->id.taken_ns };
 		if (st->id.ctime_ns != id->ctime_ns)
 			return "the volume was modified after the last server stopped uncleanly "
 			       "(its ctime differs from when it was last idle): everything is "
 			       "reported changed";
+		if (!volume_identity_decisive(&then))
+			return "the last server stopped uncleanly within its file system's "
+			       "timestamp granularity of its last write, so a later change could "
+			       "leave the ctime as it was: everything is reported changed";
 		return NULL;
 	}
 	if (st->lease_ns == 0 || id->ctime_ns > st->lease_ns)
@@ -138,6 +161,7 @@ static int stamp_identity(void *arg, struct intent_identity *out)
 		out->size = id.size;
 		out->ino = id.ino;
 		out->ctime_ns = id.ctime_ns;
+		out->taken_ns = id.taken_ns;
 	}
 	return err;
 }
@@ -148,6 +172,8 @@ static int store_superblock(struct tracker *t)
 	t->sb.sequence++;
 	return metadir_write_superblock(t->md, &t->sb);
 }
+
+static int sync_volume(void *arg);
 
 /*
  * History is lost: everything is changed since every checkpoint.  A new
@@ -165,6 +191,15 @@ static int reset_history(struct tracker *t, bool keep_checkpoints, bool all_chan
 		t->ckpts.n = 0;
 		t->ckpts.open_epoch = 1;
 	}
+	/*
+	 * The intents are about to be emptied: the data they cover (the
+	 * crashed server's writes, possibly still only in the page cache)
+	 * must be durable first, or a power cut could undo a write that no
+	 * intent and no checkpoint taken after this reset would report.
+	 */
+	err = sync_volume(t);
+	if (err)
+		return err;
 	/* Whatever made us doubt has been answered by this reset. */
 	t->sb.state &= ~SB_STATE_UNTRACKED;
 	if (all_changed)
@@ -225,16 +260,13 @@ static int reopen_files(struct tracker *t, const struct intent_config *icfg)
 /*
  * How long a write lease reaches past its commit.  After a crash, a
  * write by another program within the lease cannot be told from the
- * dead server's own last writes, so it is kept short: three persist
- * intervals (at least 2 s), which lets the flusher renew it before
- * writers would ever have to wait (it renews with half of it left, and
- * writers stop a quarter short of it).
+ * dead server's own last writes, so it is short and does not grow with
+ * the persist interval: the flusher looks at it every LEASE_CHECK_MS and
+ * renews it with half of it left.
  */
 static uint64_t lease_for(const struct tracker_config *cfg)
 {
-	uint64_t ns = 3ull * cfg->persist_interval_ms * 1000000ull;
-
-	return ns > 2000000000ull ? ns : 2000000000ull;
+	return (uint64_t)(cfg->lease_ms ? cfg->lease_ms : 3000) * 1000000ull;
 }
 
 int tracker_open(struct metadir *md, const struct volume_identity *id, bool live,
@@ -256,7 +288,11 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 	t->cfg = *cfg;
 	pthread_mutex_init(&t->lock, NULL);
 	pthread_mutex_init(&t->flush_lock, NULL);
-	pthread_cond_init(&t->flush_cond, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&t->flush_cond, &ca);
+	pthread_condattr_destroy(&ca);
 	atomic_init(&t->tick, 1);
 	struct intent_config icfg = {
 		.lease_ns = live ? lease_for(cfg) : 0,
@@ -341,10 +377,8 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 				 "not closed cleanly: %u write-intent region(s) counted as changed",
 				 set);
 		}
-	} else if (!identity_matches(&t->sb, id)) {
-		err = doubt_everything(t, TRACKER_START_OFFLINE_CHANGE,
-				       "the volume was modified while nothing tracked it "
-				       "(size, inode or ctime differ): everything is reported changed");
+	} else if ((why = changed_since_close(&t->sb, id))) {
+		err = doubt_everything(t, TRACKER_START_OFFLINE_CHANGE, why);
 	}
 	if (!err)
 		err = reopen_files(t, &icfg);
@@ -442,6 +476,27 @@ static int sync_volume(void *arg)
 	return t->cfg.volume ? volume_sync(t->cfg.volume, t->ops) : -ENODEV;
 }
 
+/*
+ * After a volume sync error (latched in the volume), the kernel may have
+ * dropped pages it failed to write back: blocks can read again as they
+ * were before acknowledged writes, with no new write at all.  Any region
+ * whose intent is set may hold such data, since intents are cleared only
+ * after a successful sync (and after the error none is), so each is
+ * counted changed in the open epoch, now and after every later
+ * checkpoint.  Cheap when nothing is latched.
+ */
+static void doubt_unsynced(struct tracker *t)
+{
+	if (!t->cfg.volume || !volume_sync_error(t->cfg.volume))
+		return;
+	uint8_t e = atomic_load_explicit(&t->open_epoch, memory_order_acquire);
+	uint64_t rb = intent_region_bytes(t->in);
+
+	for (uint32_t r = 0; r < intent_nregions(t->in); r++)
+		if (intent_region_set(t->in, r))
+			changemap_mark(&t->cm, (uint64_t)r * rb, rb, e);
+}
+
 /* One flusher turn: persist the map, then clear idle intents. */
 static int persist_and_clear(struct tracker *t)
 {
@@ -455,46 +510,71 @@ static int persist_and_clear(struct tracker *t)
 	unsigned now = atomic_fetch_add(&t->tick, 1) + 1;
 	int err;
 
-	pthread_mutex_lock(&t->lock);
+	/*
+	 * Not under t->lock: a persist under heavy write load takes tens of
+	 * milliseconds (its fdatasync queues behind the volume's writeback),
+	 * and checkpoints must not wait for it.  Only this thread persists
+	 * while the tracker is live.
+	 */
 	err = mapfile_persist(t->mf, &t->cm);
+	pthread_mutex_lock(&t->lock);
 	t->info.last_persist_error = err;
 	pthread_mutex_unlock(&t->lock);
 	if (err)
 		return err;
 	int cleared = intent_clear_idle(t->in, now - t->cfg.idle_ticks, sync_volume, t);
-	if (cleared < 0)
-		return cleared;
-	return intent_renew_lease(t->in);
+	return cleared < 0 ? cleared : 0;
 }
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* How often the flusher looks at the lease, whatever the persist interval. */
+#define LEASE_CHECK_MS 1000u
 
 static void *flusher_main(void *arg)
 {
 	struct tracker *t = arg;
-	bool warned = false;
+	bool warned = false, lease_warned = false;
+	uint64_t next_persist = mono_ms() + t->cfg.persist_interval_ms;
 
 	pthread_mutex_lock(&t->flush_lock);
 	while (!t->flush_stop) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += t->cfg.persist_interval_ms / 1000;
-		ts.tv_nsec += (long)(t->cfg.persist_interval_ms % 1000) * 1000000;
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
+		uint64_t now = mono_ms();
+		uint64_t until = next_persist < now + LEASE_CHECK_MS ? next_persist
+								    : now + LEASE_CHECK_MS;
+		struct timespec ts = { .tv_sec = (time_t)(until / 1000),
+				       .tv_nsec = (long)(until % 1000) * 1000000 };
+		/* A monotonic deadline: a step of the wall clock must not
+		 * hold persists and lease renewals back. */
 		while (!t->flush_stop && !t->flush_nudged &&
 		       pthread_cond_timedwait(&t->flush_cond, &t->flush_lock, &ts) == 0)
 			;
 		if (t->flush_stop)
 			break;
+		bool persist = t->flush_nudged || mono_ms() >= next_persist;
 		t->flush_nudged = false;
 		pthread_mutex_unlock(&t->flush_lock);
-		int err = persist_and_clear(t);
-		VT_PAUSE_POINT("tracker.flush.done");
-		if (err && !warned)
-			vt_error("cannot persist the change map: %s; intents stay set, "
-				 "so nothing is lost, but a crash will over-report", strerror(-err));
-		warned = err != 0;
+		if (persist) {
+			int err = persist_and_clear(t);
+			VT_PAUSE_POINT("tracker.flush.done");
+			if (err && !warned)
+				vt_error("cannot persist the change map: %s; intents stay set, so "
+					 "nothing is lost, but a crash will over-report", strerror(-err));
+			warned = err != 0;
+			next_persist = mono_ms() + t->cfg.persist_interval_ms;
+		}
+		doubt_unsynced(t);
+		int err = intent_renew_lease(t->in);
+		if (err && !lease_warned)
+			vt_error("cannot renew the write lease: %s; writes go on, but after a crash "
+				 "everything will be reported changed", strerror(-err));
+		lease_warned = err != 0;
 		pthread_mutex_lock(&t->flush_lock);
 	}
 	pthread_mutex_unlock(&t->flush_lock);
@@ -541,6 +621,7 @@ int tracker_close(struct tracker *t, const struct volume_identity *id)
 		t->sb.id_size = id->size;
 		t->sb.id_ino = id->ino;
 		t->sb.id_ctime_ns = id->ctime_ns;
+		t->sb.id_taken_ns = id->taken_ns;
 		err = store_superblock(t);
 	}
 	intent_stop(t->in);
@@ -601,14 +682,15 @@ int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *o
 	c->epoch = next.open_epoch;
 	c->created = (uint64_t)time(NULL);
 	next.open_epoch++;
-	err = checkpoints_store(t->dirfd, t->ops, &t->sb, &t->ckpts, &next);
+	bool touched;
+	err = checkpoints_store(t->dirfd, t->ops, &t->sb, &t->ckpts, &next, &touched);
 	if (!err) {
 		/* The instant of the checkpoint: writes marked from now on
 		 * belong to the new epoch. */
 		t->ckpts = next;
 		if (out)
 			*out = *c;
-	} else {
+	} else if (touched) {
 		/*
 		 * The store failed, but its slot may be on disk all the same
 		 * (a failed fdatasync says nothing of what was written), and
@@ -625,6 +707,7 @@ int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *o
 	}
 	VT_PAUSE_POINT("tracker.checkpoint.stored");
 	atomic_store_explicit(&t->open_epoch, t->ckpts.open_epoch, memory_order_release);
+	doubt_unsynced(t);
 	pthread_mutex_unlock(&t->lock);
 	return err;
 }
@@ -640,6 +723,7 @@ int tracker_checkpoint_epoch(struct tracker *t, const char *name, uint8_t *epoch
 {
 	int err = -ENOENT;
 
+	doubt_unsynced(t); /* every query sees a latched error at once */
 	pthread_mutex_lock(&t->lock);
 	const struct checkpoint *c = checkpoint_find(&t->ckpts, name);
 	if (c) {

@@ -46,7 +46,7 @@ const char *tracker_start_name(enum tracker_start s);
 
 struct tracker_info {
 	enum tracker_start start;
-	char start_detail[160];		/* why, in words, for non-clean starts */
+	char start_detail[256];		/* why, in words, for non-clean starts */
 	uint32_t bad_pages;		/* map pages reported changed for doubt */
 	uint32_t regions_recovered;	/* intent regions counted at start */
 	uint32_t regions_set;		/* intent regions set now */
@@ -63,6 +63,7 @@ struct tracker_info {
 struct tracker_config {
 	unsigned persist_interval_ms;	/* how often the map is written */
 	unsigned idle_ticks;		/* persists a region must sit idle before clearing */
+	unsigned lease_ms;		/* write lease (intent.h); 0: the default, 3 s */
 	/*
 	 * The volume the tracker covers.  It is synced (volume_sync) before
 	 * any intent is cleared, so that no write an intent covers can be

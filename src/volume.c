@@ -9,6 +9,7 @@
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static int describe(int fd, enum sb_volume_kind *kind, uint64_t *size)
@@ -246,7 +247,12 @@ bool volume_zero_retryable(int64_t res)
 int volume_identity(const struct volume *vol, struct volume_identity *id)
 {
 	struct stat st;
+	struct timespec now;
 
+	/* The clock first: any write after the fstat gets a ctime at or
+	 * past this (the kernel stamps from the same coarse clock). */
+	clock_gettime(CLOCK_REALTIME_COARSE, &now);
+	id->taken_ns = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
 	if (fstat(vol->fd, &st) < 0)
 		return -errno;
 	id->size = vol->size;
@@ -292,4 +298,25 @@ void volume_allocation(struct volume *vol, uint64_t off, uint64_t len,
 	off_t end = lseek(vol->fd, (off_t)off, SEEK_HOLE);
 	if (end > (off_t)off && (uint64_t)end - off < len)
 		*run = (uint64_t)end - off;
+}
+
+bool volume_identity_decisive(const struct volume_identity *id)
+{
+	/* Whole seconds suggest a filesystem that keeps no finer
+	 * timestamps (FAT keeps two): allow for that much. */
+	uint64_t granule = id->ctime_ns % 1000000000ull == 0 ? 2000000000ull : 0;
+
+	return id->taken_ns > id->ctime_ns + granule;
+}
+
+int volume_identity_settled(const struct volume *vol, struct volume_identity *id)
+{
+	/* At most a little over the largest granule allowed for above. */
+	for (int tries = 0;; tries++) {
+		int err = volume_identity(vol, id);
+		if (err || volume_identity_decisive(id) || tries == 250)
+			return err;
+		struct timespec pause = { 0, 10000000 };
+		nanosleep(&pause, NULL);
+	}
 }

@@ -93,14 +93,29 @@ int volume_sync(struct volume *vol, const struct vt_fsops *ops);
 int volume_sync_done(struct volume *vol, int err);
 int volume_sync_error(struct volume *vol);
 
-/* What identifies a volume's content from outside: size, inode, ctime.
- * For block devices only the size means anything. */
+/* What identifies a volume's content from outside: size, inode, ctime,
+ * and when it was taken.  For block devices only the size means
+ * anything. */
 struct volume_identity {
 	uint64_t size;
 	uint64_t ino;
 	uint64_t ctime_ns;
+	uint64_t taken_ns;	/* wall clock (coarse) just before the fstat */
 };
 int volume_identity(const struct volume *vol, struct volume_identity *id);
+
+/*
+ * Can an unchanged ctime prove that nothing wrote the file after this
+ * identity was taken?  Only when it was taken in a later clock tick than
+ * the last write, beyond the filesystem's timestamp granularity: a write
+ * in the same tick (or, on a filesystem with one-second timestamps, the
+ * same second) leaves the ctime as it was.
+ */
+bool volume_identity_decisive(const struct volume_identity *id);
+
+/* volume_identity(), taken again (for up to 2.5 s) until it is decisive:
+ * for a clean close or `init`, which can afford to wait. */
+int volume_identity_settled(const struct volume *vol, struct volume_identity *id);
 
 /* Hint the kernel to read ahead [off, off+len); always succeeds. */
 void volume_cache(struct volume *vol, uint64_t off, uint64_t len);

@@ -135,7 +135,7 @@ static void test_checkpoint_list_round_trip_and_damage(void **state)
 	struct superblock sb = { .generation.bytes = { 1, 2, 3, 4, 5, 6, 7, 8 } };
 	struct checkpoint_list *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
 	struct checkpoint_list *c = calloc(1, sizeof(*c));
-	bool damaged;
+	bool damaged, touched;
 
 	assert_non_null(mkdtemp(dir));
 	int dirfd = open(dir, O_RDONLY | O_DIRECTORY);
@@ -151,7 +151,8 @@ static void test_checkpoint_list_round_trip_and_damage(void **state)
 		k->created = 1000 + i;
 	}
 	b->open_epoch = CKPT_MAX + 1;
-	assert_int_equal(checkpoints_store(dirfd, &vt_fsops_posix, &sb, a, b), 0);
+	assert_int_equal(checkpoints_store(dirfd, &vt_fsops_posix, &sb, a, b, &touched), 0);
+	assert_true(touched);
 	assert_int_equal(checkpoints_load(dirfd, &sb, c, &damaged), 0);
 	assert_false(damaged);
 	assert_int_equal(c->n, CKPT_MAX);

@@ -139,6 +139,7 @@ static void open_tracker(struct fixture *f, bool live)
 	tracker_config_defaults(&cfg);
 	cfg.persist_interval_ms = 3600000; /* the flusher runs when nudged */
 	cfg.idle_ticks = 1;
+	cfg.lease_ms = 3600000;	/* no lease renewal commits in the way */
 	cfg.volume = f->vol;
 	identity(f, &id);
 	assert_int_equal(tracker_open(f->md, &id, live, &cfg, &f->t), 0);
@@ -170,6 +171,7 @@ static int setup(void **state)
 	sb.id_size = id.size;
 	sb.id_ino = id.ino;
 	sb.id_ctime_ns = id.ctime_ns;
+	sb.id_taken_ns = id.taken_ns;
 	assert_int_equal(tracker_format(f->md, &sb), 0);
 	assert_int_equal(metadir_write_superblock(f->md, &sb), 0);
 	vt_pause_set_hook(gate_hook, NULL);
