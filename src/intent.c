@@ -617,6 +617,14 @@ int intent_commit(struct intent *in)
 	return err;
 }
 
+void intent_kick(struct intent *in)
+{
+	pthread_mutex_lock(&in->lock);
+	in->requested = true;
+	pthread_cond_signal(&in->work);
+	pthread_mutex_unlock(&in->lock);
+}
+
 int intent_renew_lease(struct intent *in)
 {
 	if (!in->cfg.lease_ns || !in->running)

@@ -131,9 +131,12 @@ int intent_clear_idle(struct intent *in, unsigned before,
 /* With no writes in flight: clear everything, durably. */
 int intent_clear_all(struct intent *in);
 
-/* Commit the current state now and wait for it (a live start does, so
- * that the newest stamp describes this run from its first moment). */
+/* Commit the current state now and wait for it. */
 int intent_commit(struct intent *in);
+
+/* Ask the committer for a commit and return at once (a live start does,
+ * so that the newest stamp soon describes this run). */
+void intent_kick(struct intent *in);
 
 /* While regions are set, commit again when less than half the lease is
  * left, so that writers never wait for it.  Returns 0 or -errno. */

@@ -437,8 +437,14 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 		err = store_superblock(t);
 		if (!err)
 			err = intent_start(t->in);
+		/*
+		 * This run's first stamp and lease, without waiting: its sync
+		 * may queue behind a crashed server's dirty pages.  Until it
+		 * lands, a second crash finds the old, expired lease and
+		 * doubts everything: an over-report, never a miss.
+		 */
 		if (!err)
-			err = intent_commit(t->in);	/* this run's first stamp and lease */
+			intent_kick(t->in);
 		if (!err)
 			err = -pthread_create(&t->flusher, NULL, flusher_main, t);
 		if (err) {
