@@ -479,7 +479,16 @@ static int sync_volume(void *arg)
 {
 	struct tracker *t = arg;
 
-	return t->cfg.volume ? volume_sync(t->cfg.volume, t->ops) : -ENODEV;
+	if (!t->cfg.volume)
+		return -ENODEV;
+	bool first = volume_sync_error(t->cfg.volume) == 0;
+	int err = volume_sync(t->cfg.volume, t->ops);
+	if (err && first)
+		vt_error("syncing the volume failed: %s; acknowledged data may be lost.  From now "
+			 "on every FLUSH fails, no write intent is cleared, the regions they cover "
+			 "count as changed after every checkpoint, and the stop is not marked clean",
+			 strerror(-err));
+	return err;
 }
 
 /*
