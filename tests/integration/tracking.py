@@ -235,6 +235,7 @@ def corruption():
             h.pwrite(b"z" * 4096, 7 * G)
             h.shutdown()
             t.equal(srv.stop(), 0, "stop before corrupting")
+            gen_before = json.loads(vt("status", vol, "--json", check=True)[1])["generation"]
             path = os.path.join(srv.meta, name)
             if how == "flip":
                 with open(path, "r+b") as f:
@@ -257,6 +258,11 @@ def corruption():
                 t.check(7 in got, f"the write after 'c' is still reported after {how} of {name}")
             else:
                 t.check("no checkpoint" in err, f"or the chain is declared broken: {err}")
+                # A lost checkpoint is lost history: a new generation says
+                # so, or the name could come back for another instant.
+                gen_after = json.loads(vt("status", vol, "--json", check=True)[1])["generation"]
+                t.check(gen_after != gen_before,
+                        f"a new generation after {how} of {name} lost checkpoint 'c'")
             t.equal(srv.stop(), 0, f"clean stop after {how} of {name}")
             rc, out, _ = vt("check", vol)
             t.equal(rc, 0, f"metadata is sound again after a clean stop: {out}")
