@@ -306,6 +306,43 @@ static void test_failed_checkpoint_comes_back_right(void **state)
 	}
 }
 
+/* The sequence numbers in block 0 of both slots of META/checkpoints. */
+static void slot_seqs(struct fixture *f, uint64_t seq[2])
+{
+	uint8_t blk[MB_SIZE];
+	int fd = openat(metadir_fd(f->md), CHECKPOINTS_NAME, O_RDONLY);
+
+	assert_true(fd >= 0);
+	for (int s = 0; s < 2; s++) {
+		/* slot s starts at block 64 s (doc/format.md) */
+		assert_int_equal(file_pread_full(fd, blk, MB_SIZE, (uint64_t)s * 64 * MB_SIZE), 0);
+		memcpy(&seq[s], blk + 16, 8);
+	}
+	close(fd);
+}
+
+/*
+ * A retry after a failed store writes the same slot again.  It must use
+ * a new sequence number: a multi-block slot mixing blocks of the two
+ * attempts would otherwise still validate.
+ */
+static void test_retry_uses_a_new_sequence(void **state)
+{
+	struct fixture *f = *state;
+	uint64_t failed[2], retried[2];
+
+	checkpoint(f, "c1");
+	f->fs.fail_sync[T_CHECKPOINTS] = 1;
+	assert_int_equal(tracker_checkpoint(f->t, "c2", NULL), -EIO);
+	assert_int_equal(f->fs.fired[T_CHECKPOINTS], 1);	/* the premise */
+	slot_seqs(f, failed);
+	checkpoint(f, "c2");
+	slot_seqs(f, retried);
+	uint64_t attempt = failed[0] > failed[1] ? failed[0] : failed[1];
+	uint64_t retry = retried[0] > retried[1] ? retried[0] : retried[1];
+	assert_true(retry > attempt);
+}
+
 /*
  * The flusher's sync of the volume fails once; the next one succeeds,
  * as Linux reports a writeback error once.  The error must latch: the
@@ -379,6 +416,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_failed_checkpoint_comes_back_right, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_retry_uses_a_new_sequence, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_volume_sync_error_latches, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_offline_close_syncs_before_clearing, setup,
 						teardown),
