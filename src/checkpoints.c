@@ -166,8 +166,12 @@ static int load_slot(int fd, const struct superblock *sb, unsigned slot,
 	uint32_t nblocks, n;
 
 	memset(l, 0, sizeof(*l));
-	if (file_pread_full(fd, blk, MB_SIZE, (uint64_t)slot * SLOT_BLOCKS * MB_SIZE) ||
-	    mb_check(blk, MAGIC, slot * SLOT_BLOCKS, tag, &seq))
+	/* A read that fails says nothing of the content: that error goes up
+	 * as it is; only a short or bad block is damage (-EBADMSG). */
+	int err = file_pread_full(fd, blk, MB_SIZE, (uint64_t)slot * SLOT_BLOCKS * MB_SIZE);
+	if (err)
+		return err;
+	if (mb_check(blk, MAGIC, slot * SLOT_BLOCKS, tag, &seq))
 		return -EBADMSG;
 	memcpy(payload, blk + MB_HEADER, MB_PAYLOAD);
 	memcpy(&nblocks, payload, 4);
@@ -176,8 +180,10 @@ static int load_slot(int fd, const struct superblock *sb, unsigned slot,
 		return -EBADMSG;
 	for (uint32_t b = 1; b < nblocks; b++) {
 		uint64_t off = (uint64_t)(slot * SLOT_BLOCKS + b) * MB_SIZE;
-		if (file_pread_full(fd, blk, MB_SIZE, off) ||
-		    mb_check(blk, MAGIC, slot * SLOT_BLOCKS + b, tag, &s2) || s2 != seq)
+		err = file_pread_full(fd, blk, MB_SIZE, off);
+		if (err)
+			return err;
+		if (mb_check(blk, MAGIC, slot * SLOT_BLOCKS + b, tag, &s2) || s2 != seq)
 			return -EBADMSG;
 		memcpy(payload + (size_t)b * MB_PAYLOAD, blk + MB_HEADER, MB_PAYLOAD);
 	}
@@ -231,6 +237,10 @@ int checkpoints_load(int dirfd, const struct superblock *sb, struct checkpoint_l
 		goto out;
 	int e0 = load_slot(fd, sb, 0, l, payload, blk);
 	int e1 = load_slot(fd, sb, 1, other, payload, blk);
+	if ((e0 && e0 != -EBADMSG) || (e1 && e1 != -EBADMSG)) {
+		err = e0 && e0 != -EBADMSG ? e0 : e1;	/* the call failed: no verdict */
+		goto out;
+	}
 	if (damaged)
 		*damaged = e0 || e1;
 	if (e0 && e1) {

@@ -270,7 +270,34 @@ def corruption():
             srv.cleanup()
 
 
+def unreadable_is_not_damage():
+    """A checkpoint list that cannot be read (here a directory stands in
+    its place, so reads fail with EISDIR) says nothing of its content:
+    serve refuses with the error and the history is left as it was."""
+    srv = Server(size=SIZE).start()
+    try:
+        vol = srv.volume
+        vt("checkpoint", vol, "keep", check=True)
+        t.equal(srv.stop(), 0, "stop")
+        gen = json.loads(vt("status", vol, "--json", check=True)[1])["generation"]
+        path = os.path.join(srv.meta, "checkpoints")
+        os.rename(path, path + ".aside")
+        os.mkdir(path)
+        p = subprocess.run([VOLTRACK, "serve", vol], capture_output=True, text=True, timeout=30)
+        t.check(p.returncode != 0 and "Is a directory" in p.stderr,
+                f"serve refuses a checkpoint list it cannot read: {p.returncode} {p.stderr}")
+        os.rmdir(path)
+        os.rename(path + ".aside", path)
+        st = json.loads(vt("status", vol, "--json", check=True)[1])
+        t.equal(st["generation"], gen, "the history was not reset by a failed read")
+        rc, out, _ = vt("list", vol, "--json")
+        t.equal([c["name"] for c in json.loads(out)], ["keep"], "the checkpoint is still there")
+    finally:
+        srv.cleanup()
+
+
 worked_example()
 control_hostile()
 corruption()
+unreadable_is_not_damage()
 t.finish()
