@@ -282,6 +282,8 @@ static int cmd_status(struct tracker *t, struct metadir *md, int argc, char **ar
 			(unsigned long long)i.region_size, i.regions_recovered, i.bad_pages,
 			(unsigned long long)meta);
 		json_string(out, i.last_persist_error ? strerror(-i.last_persist_error) : "");
+		fputs(",\"volume-sync-error\":", out);
+		json_string(out, i.volume_sync_error ? strerror(-i.volume_sync_error) : "");
 		fputs("}\n", out);
 		return 0;
 	}
@@ -300,6 +302,9 @@ static int cmd_status(struct tracker *t, struct metadir *md, int argc, char **ar
 	fprintf(out, "metadata size:      %llu bytes\n", (unsigned long long)meta);
 	if (i.last_persist_error)
 		fprintf(out, "last persist error: %s\n", strerror(-i.last_persist_error));
+	if (i.volume_sync_error)
+		fprintf(out, "volume sync error:  %s (latched: FLUSH fails, intents stay set, "
+			"the stop will not be clean)\n", strerror(-i.volume_sync_error));
 	return 0;
 }
 

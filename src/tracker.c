@@ -537,8 +537,10 @@ static int persist_and_clear(struct tracker *t)
 	pthread_mutex_unlock(&t->lock);
 	if (err)
 		return err;
-	int cleared = intent_clear_idle(t->in, now - t->cfg.idle_ticks, sync_volume, t);
-	return cleared < 0 ? cleared : 0;
+	/* Its failures (the volume's sync, the intent commit) are logged
+	 * where they happen; the intents simply stay set. */
+	intent_clear_idle(t->in, now - t->cfg.idle_ticks, sync_volume, t);
+	return 0;
 }
 
 static uint64_t mono_ms(void)
@@ -766,5 +768,6 @@ void tracker_info(struct tracker *t, struct tracker_info *info)
 	info->checkpoints = t->ckpts.n;
 	info->generation = t->sb.generation;
 	info->volume_uuid = t->sb.volume_uuid;
+	info->volume_sync_error = t->cfg.volume ? volume_sync_error(t->cfg.volume) : 0;
 	pthread_mutex_unlock(&t->lock);
 }

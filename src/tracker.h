@@ -58,6 +58,7 @@ struct tracker_info {
 	struct vt_uuid generation;
 	struct vt_uuid volume_uuid;
 	int last_persist_error;
+	int volume_sync_error;		/* latched (volume_sync()); 0 when none */
 };
 
 struct tracker_config {

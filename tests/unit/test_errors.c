@@ -366,6 +366,7 @@ static void test_volume_sync_error_latches(void **state)
 	tracker_info(f->t, &info);
 	assert_true(info.regions_set > 0);			/* intents kept */
 	assert_int_equal(volume_sync_error(f->vol), -EIO);	/* latched */
+	assert_int_equal(info.volume_sync_error, -EIO);		/* and shown */
 
 	/* The page with the lost writeback may read old data later: the
 	 * block must count as changed after a checkpoint taken now. */
