@@ -266,8 +266,13 @@ int cmd_serve(int argc, char **argv)
 		cli_fail("cannot create server: %s", strerror(-err));
 		goto out;
 	}
-	if (export_table_add(nbd_server_exports(srv), "", "live volume", vol, tracker,
-			     o.read_only) ||
+	struct vt_export *live = NULL;
+	err = vt_export_volume("", "live volume", vol, tracker, o.read_only, &live);
+	if (!err) {
+		err = nbd_server_add_export(srv, live);
+		vt_export_put(live); /* the server holds its own */
+	}
+	if (err ||
 	    metactx_register(nbd_server_contexts(srv), &metactx_base_allocation) ||
 	    metactx_register(nbd_server_contexts(srv), &metactx_dirty_bitmap)) {
 		cli_fail("out of memory");

@@ -37,24 +37,17 @@
 #define MAX_EXTENTS	16384		/* descriptors per context per reply */
 #define HDR_SIZE	64		/* room for any reply header */
 
-enum slot_stage { STAGE_MAIN, STAGE_FLUSH };
-
 struct nbd_slot {
 	struct nbd_conn *conn;
 	struct nbd_slot *next;		/* free list or send queue */
 	struct nbd_request rq;
-	struct vio_req io;
+	struct vt_op op;		/* READ, the write family, FLUSH */
 	struct iovec iov;
 	uint8_t *buf;			/* payload: WRITE in, READ out, BLOCK_STATUS out */
 	size_t cap;
 	uint64_t filled;		/* WRITE payload received so far */
-	uint8_t stage;
-	uint8_t zero_step;
 	bool counted;			/* rq.length is in conn->inflight_bytes */
 	uint32_t deferred_error;	/* answer once the payload is dropped */
-	bool tracked;			/* between tracker_write_begin and _end */
-	int wait_err;
-	struct intent_wait wait;
 	/* reply */
 	uint8_t hdr[HDR_SIZE];
 	struct iovec out[2];
@@ -120,7 +113,7 @@ static void conn_kill(struct nbd_conn *c, const char *why)
 	c->rx_done = true;
 	/* Makes outstanding socket reads and writes complete promptly. */
 	shutdown(c->fd, SHUT_RDWR);
-	vio_stream_cancel(c->w->eng, &c->stream);
+	vio_stream_cancel(c->w->loop.eng, &c->stream);
 	conn_mark_dirty(c);
 }
 
@@ -178,12 +171,6 @@ static void slot_queue_reply(struct nbd_slot *sl)
 {
 	struct nbd_conn *c = sl->conn;
 
-	if (sl->tracked) {
-		/* Every request ends in exactly one reply: the one place to
-		 * close what tracker_write_begin opened. */
-		sl->tracked = false;
-		tracker_write_end(c->s.export->tracker, sl->rq.offset, sl->rq.length);
-	}
 	if (c->dead) {
 		slot_put(c, sl);
 		return;
@@ -267,143 +254,43 @@ static void reply_read(struct nbd_slot *sl)
 
 /* ---- command execution ---- */
 
-static void io_done(struct vio_req *io);
-
-static void submit(struct nbd_slot *sl)
+/* The pipeline's completion, on this worker: answer the client. */
+static void op_done(struct vt_op *op, int err)
 {
-	sl->io.done = io_done;
-	vio_submit(sl->conn->w->eng, &sl->io);
-}
+	struct nbd_slot *sl = (struct nbd_slot *)((char *)op - offsetof(struct nbd_slot, op));
 
-/* Resumed on the committer thread: hand the slot back to its worker. */
-static void intent_ready(struct intent_wait *w, int err)
-{
-	struct nbd_slot *sl = (struct nbd_slot *)((char *)w - offsetof(struct nbd_slot, wait));
-	struct nbd_worker *wk = sl->conn->w;
-
-	sl->wait_err = err;
-	pthread_mutex_lock(&wk->lock);
-	sl->next = wk->resumed;
-	wk->resumed = sl;
-	atomic_store(&wk->has_resumed, true);
-	/* Under the lock: once the slot is visible the worker may finish,
-	 * and stop_workers() destroys the engine only under this lock. */
-	vio_wake(wk->eng);
-	pthread_mutex_unlock(&wk->lock);
-}
-
-/*
- * Record a write-type request with the tracker before its I/O is issued.
- * Returns true when the caller must not submit now: the slot is parked
- * until its intent is durable, or has already been answered with EIO.
- */
-static bool track_begin(struct nbd_slot *sl)
-{
-	struct tracker *t = sl->conn->s.export->tracker;
-
-	if (!t)
-		return false;
-	sl->tracked = true;
-	sl->wait.ready = intent_ready;
-	int r = tracker_write_begin(t, sl->rq.offset, sl->rq.length, &sl->wait);
-	if (r == 0)
-		return false;
-	if (r < 0)
-		reply_error(sl, NBD_EIO, "cannot record the write durably");
-	return true;
-}
-
-static void start_flush_stage(struct nbd_slot *sl)
-{
-	sl->stage = STAGE_FLUSH;
-	volume_prep_flush(sl->conn->s.export->vol, &sl->io);
-	submit(sl);
-}
-
-static void zero_done(struct nbd_slot *sl, int64_t res)
-{
-	struct volume *vol = sl->conn->s.export->vol;
-	unsigned zflags = 0;
-
-	if (res < 0 && volume_zero_retryable(res)) {
-		if (!(sl->rq.flags & NBD_CMD_FLAG_NO_HOLE))
-			zflags |= VOLUME_ZERO_MAY_UNMAP;
-		if (sl->rq.flags & NBD_CMD_FLAG_FAST_ZERO)
-			zflags |= VOLUME_ZERO_FAST;
-		if (volume_prep_zero(vol, &sl->io, sl->rq.offset, sl->rq.length, zflags,
-				     ++sl->zero_step) == 0) {
-			submit(sl);
-			return;
-		}
-		reply_error(sl, (zflags & VOLUME_ZERO_FAST) ? NBD_ENOTSUP : NBD_EIO,
-			    (zflags & VOLUME_ZERO_FAST) ? "cannot zero quickly" :
-			    "no way to zero this range");
-		return;
-	}
-	if (res < 0)
-		reply_errno(sl, res);
-	else if (sl->rq.flags & NBD_CMD_FLAG_FUA)
-		start_flush_stage(sl);
-	else
+	if (err) {
+		uint32_t wire = nbd_errno_to_wire(err);
+		reply_error(sl, wire, op->why ? op->why : error_text(wire));
+	} else if (sl->rq.type == NBD_CMD_READ) {
+		reply_read(sl);
+	} else {
 		reply_ok(sl);
+	}
 }
 
-static void io_done(struct vio_req *io)
+/* Hand a request that moves data to the export (src/io/op.h). */
+static void start_op(struct nbd_slot *sl, uint8_t type)
 {
-	struct nbd_slot *sl = (struct nbd_slot *)((char *)io - offsetof(struct nbd_slot, io));
-	int64_t res = io->res;
+	const struct nbd_request *rq = &sl->rq;
+	struct vt_op *op = &sl->op;
 
-	if (sl->stage == STAGE_FLUSH) {
-		/* A sync error is latched in the volume: this and every later
-		 * FLUSH or FUA request fails, whoever saw the error first. */
-		res = volume_sync_done(sl->conn->s.export->vol, (int)res);
-		if (res < 0)
-			reply_errno(sl, res);
-		else
-			reply_ok(sl);
-		return;
-	}
-	switch (sl->rq.type) {
-	case NBD_CMD_READ:
-		if (res < 0)
-			reply_errno(sl, res);
-		else if ((uint64_t)res != sl->rq.length)
-			reply_error(sl, NBD_EIO, "volume shrank under the server");
-		else
-			reply_read(sl);
-		break;
-	case NBD_CMD_TRIM:
-		/* Trim is advisory: a volume that cannot discard ignores it. */
-		if (res == -EOPNOTSUPP || res == -ENOTTY)
-			res = 0;
-		if (res < 0)
-			reply_errno(sl, res);
-		else if (sl->rq.flags & NBD_CMD_FLAG_FUA)
-			start_flush_stage(sl);
-		else
-			reply_ok(sl);
-		break;
-	case NBD_CMD_WRITE_ZEROES:
-		zero_done(sl, res);
-		break;
-	default: /* WRITE, FLUSH */
-		/* FLUSH errors latch; a FUA write is only as durable as the
-		 * volume's last sync (see volume_sync()). */
-		if (sl->rq.type == NBD_CMD_FLUSH)
-			res = volume_sync_done(sl->conn->s.export->vol, (int)res);
-		else if ((sl->rq.flags & NBD_CMD_FLAG_FUA) && res >= 0 &&
-			 volume_sync_error(sl->conn->s.export->vol))
-			res = volume_sync_error(sl->conn->s.export->vol);
-		if (res < 0)
-			reply_errno(sl, res);
-		else
-			reply_ok(sl);
-		/* A client flushing wants durability: persist the change map
-		 * soon too, which shortens what a crash would over-report. */
-		if (sl->rq.type == NBD_CMD_FLUSH && sl->conn->s.export->tracker)
-			tracker_nudge(sl->conn->s.export->tracker);
-		break;
-	}
+	op->type = type;
+	op->flags = 0;
+	if (rq->flags & NBD_CMD_FLAG_FUA)
+		op->flags |= VT_OP_FUA;
+	if (!(rq->flags & NBD_CMD_FLAG_NO_HOLE))
+		op->flags |= VT_OP_MAY_UNMAP;
+	if (rq->flags & NBD_CMD_FLAG_FAST_ZERO)
+		op->flags |= VT_OP_FAST;
+	op->off = rq->offset;
+	op->len = rq->length;
+	sl->iov.iov_base = sl->buf;
+	sl->iov.iov_len = rq->length;
+	op->iov = &sl->iov;
+	op->iovcnt = 1;
+	op->done = op_done;
+	vt_export_start(sl->conn->s.export, &sl->conn->w->loop, op);
 }
 
 static void block_status(struct nbd_slot *sl)
@@ -460,54 +347,32 @@ static void block_status(struct nbd_slot *sl)
 /* Start a validated request whose payload, if any, has arrived. */
 static void slot_start(struct nbd_slot *sl)
 {
-	struct nbd_conn *c = sl->conn;
-	struct volume *vol = c->s.export->vol;
+	struct vt_export *e = sl->conn->s.export;
 	const struct nbd_request *rq = &sl->rq;
 
-	sl->stage = STAGE_MAIN;
-	sl->zero_step = 0;
 	if (rq->length == 0 && rq->type != NBD_CMD_FLUSH) {
 		reply_ok(sl); /* nothing to do, and fallocate rejects 0 */
 		return;
 	}
 	switch (rq->type) {
 	case NBD_CMD_READ:
-		sl->iov.iov_base = sl->buf;
-		sl->iov.iov_len = rq->length;
-		volume_prep_read(vol, &sl->io, &sl->iov, 1, rq->offset);
-		submit(sl);
+		start_op(sl, VT_OP_READ);
 		break;
 	case NBD_CMD_WRITE:
-		sl->iov.iov_base = sl->buf;
-		sl->iov.iov_len = rq->length;
-		volume_prep_write(vol, &sl->io, &sl->iov, 1, rq->offset,
-				  rq->flags & NBD_CMD_FLAG_FUA);
-		if (!track_begin(sl))
-			submit(sl);
+		start_op(sl, VT_OP_WRITE);
 		break;
 	case NBD_CMD_FLUSH:
-		volume_prep_flush(vol, &sl->io);
-		submit(sl);
+		start_op(sl, VT_OP_FLUSH);
 		break;
 	case NBD_CMD_TRIM:
-		volume_prep_trim(vol, &sl->io, rq->offset, rq->length);
-		if (!track_begin(sl))
-			submit(sl);
+		start_op(sl, VT_OP_TRIM);
 		break;
-	case NBD_CMD_WRITE_ZEROES: {
-		unsigned zflags = 0;
-		if (!(rq->flags & NBD_CMD_FLAG_NO_HOLE))
-			zflags |= VOLUME_ZERO_MAY_UNMAP;
-		if (rq->flags & NBD_CMD_FLAG_FAST_ZERO)
-			zflags |= VOLUME_ZERO_FAST;
-		if (volume_prep_zero(vol, &sl->io, rq->offset, rq->length, zflags, 0) < 0)
-			reply_error(sl, NBD_ENOTSUP, "cannot zero quickly");
-		else if (!track_begin(sl))
-			submit(sl);
+	case NBD_CMD_WRITE_ZEROES:
+		start_op(sl, VT_OP_ZERO);
 		break;
-	}
 	case NBD_CMD_CACHE:
-		volume_cache(vol, rq->offset, rq->length);
+		if (e->ops->cache)
+			e->ops->cache(e->impl, rq->offset, rq->length);
 		reply_ok(sl);
 		break;
 	case NBD_CMD_BLOCK_STATUS:
@@ -646,7 +511,7 @@ static void conn_post_recv(struct nbd_conn *c)
 	c->rreq.iovcnt = 1;
 	c->rreq.done = recv_done;
 	c->recv_pending = true;
-	vio_submit(c->w->eng, &c->rreq);
+	vio_submit(c->w->loop.eng, &c->rreq);
 }
 
 static void recv_done(struct vio_req *io)
@@ -708,7 +573,7 @@ static void conn_post_send(struct nbd_conn *c)
 	c->sreq.iovcnt = n;
 	c->sreq.done = send_done;
 	c->send_pending = true;
-	vio_submit(c->w->eng, &c->sreq);
+	vio_submit(c->w->loop.eng, &c->sreq);
 }
 
 static void send_done(struct vio_req *io)
@@ -796,7 +661,7 @@ int nbd_transmit_start(struct nbd_worker *w, int fd, struct nbd_session *s)
 	c->s = *s;
 	memset(s, 0, sizeof(*s)); /* the connection owns the references now */
 	c->lim = (struct nbd_limits){
-		.export_size = export_size(c->s.export),
+		.export_size = vt_export_size(c->s.export),
 		.max_payload = w->srv->cfg.max_payload,
 		.eflags = c->s.eflags,
 		.structured = c->s.structured,
@@ -812,8 +677,8 @@ int nbd_transmit_start(struct nbd_worker *w, int fd, struct nbd_session *s)
 	c->next = w->incoming;
 	w->incoming = c;
 	atomic_store(&w->has_incoming, true);
-	vio_wake(w->eng);
 	pthread_mutex_unlock(&w->lock);
+	vt_loop_wake(&w->loop);
 	return 0;
 }
 
@@ -830,7 +695,7 @@ static void adopt_incoming(struct nbd_worker *w)
 	while (list) {
 		struct nbd_conn *c = list;
 		list = c->next;
-		int err = vio_stream_attach(w->eng, &c->stream, c->fd);
+		int err = vio_stream_attach(w->loop.eng, &c->stream, c->fd);
 		c->next = w->conns;
 		w->conns = c;
 		if (err)
@@ -843,28 +708,6 @@ static void adopt_incoming(struct nbd_worker *w)
 	}
 }
 
-static void adopt_resumed(struct nbd_worker *w)
-{
-	struct nbd_slot *list;
-
-	if (!atomic_exchange(&w->has_resumed, false))
-		return;
-	pthread_mutex_lock(&w->lock);
-	list = w->resumed;
-	w->resumed = NULL;
-	pthread_mutex_unlock(&w->lock);
-	while (list) {
-		struct nbd_slot *sl = list;
-		list = sl->next;
-		sl->next = NULL;
-		if (sl->wait_err)
-			reply_error(sl, NBD_EIO, "cannot record the write durably");
-		else
-			submit(sl);
-		conn_mark_dirty(sl->conn);
-	}
-}
-
 static void begin_drain(struct nbd_worker *w)
 {
 	w->drain_started = true;
@@ -874,7 +717,7 @@ static void begin_drain(struct nbd_worker *w)
 		/* Stop reading; requests already buffered get ESHUTDOWN. */
 		shutdown(c->fd, SHUT_RD);
 		if (c->recv_pending)
-			vio_stream_cancel(w->eng, &c->stream);
+			vio_stream_cancel(w->loop.eng, &c->stream);
 		conn_mark_dirty(c);
 	}
 }
@@ -896,7 +739,7 @@ static void close_conn(struct nbd_worker *w, struct nbd_conn *c)
 			break;
 		}
 	}
-	vio_stream_detach(w->eng, &c->stream);
+	vio_stream_detach(w->loop.eng, &c->stream);
 	close(c->fd);
 	conn_free(c);
 	nbd_server_conn_closed(w->srv);
@@ -908,7 +751,6 @@ void *nbd_worker_main(void *arg)
 
 	for (;;) {
 		adopt_incoming(w);
-		adopt_resumed(w);
 		if (atomic_load(&w->draining) && !w->drain_started)
 			begin_drain(w);
 		if (w->drain_started && nbd_now_ms() >= w->drain_deadline_ms)
@@ -926,7 +768,9 @@ void *nbd_worker_main(void *arg)
 		}
 		if (w->drain_started && !w->conns)
 			break;
-		int ret = vio_run(w->eng, w->drain_started ? 100 : -1);
+		/* Requests parked off this worker (an intent commit) come back
+		 * in here and mark their connections dirty for the next turn. */
+		int ret = vt_loop_run(&w->loop, w->drain_started ? 100 : -1);
 		if (ret < 0 && ret != -EINTR) {
 			vt_error("event loop failed: %s", strerror(-ret));
 			break;
