@@ -51,6 +51,9 @@ void vt_export_put(struct vt_export *e)
 
 void vt_export_start(struct vt_export *e, struct vt_loop *loop, struct vt_op *op)
 {
+	/* Here, not in each implementation: a slot's op is reused, and a
+	 * stale why from its last request must never reach a client. */
+	op->why = NULL;
 	switch (op->type) {
 	case VT_OP_READ:
 		e->ops->read(e->impl, loop, op);
@@ -60,7 +63,6 @@ void vt_export_start(struct vt_export *e, struct vt_loop *loop, struct vt_op *op
 		return;
 	default:
 		if (vt_export_read_only(e)) {
-			op->why = NULL;
 			op->done(op, -EPERM);
 			return;
 		}
