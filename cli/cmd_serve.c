@@ -21,6 +21,17 @@
 
 #define MAX_LISTENERS 16
 
+/* The control socket publishes exports through the NBD server. */
+static int add_export(void *srv, struct vt_export *e)
+{
+	return nbd_server_add_export(srv, e);
+}
+
+static int remove_export(void *srv, const char *name)
+{
+	return nbd_server_remove_export(srv, name);
+}
+
 struct serve_opts {
 	const char *volume;
 	const char *meta;
@@ -216,6 +227,7 @@ int cmd_serve(int argc, char **argv)
 	struct nbd_server *srv = NULL;
 	struct tracker *tracker = NULL;
 	struct ctl_server *ctl = NULL;
+	struct ctl_exports exports = { .add = add_export, .remove = remove_export };
 	char *meta_path = NULL, *unix_path = NULL;
 	sigset_t stop_signals;
 	int status = 1, err, sig;
@@ -266,8 +278,13 @@ int cmd_serve(int argc, char **argv)
 		cli_fail("cannot create server: %s", strerror(-err));
 		goto out;
 	}
-	if (export_table_add(nbd_server_exports(srv), "", "live volume", vol, tracker,
-			     o.read_only) ||
+	struct vt_export *live = NULL;
+	err = vt_export_volume("", "live volume", vol, tracker, o.read_only, &live);
+	if (!err) {
+		err = nbd_server_add_export(srv, live);
+		vt_export_put(live); /* the server holds its own */
+	}
+	if (err ||
 	    metactx_register(nbd_server_contexts(srv), &metactx_base_allocation) ||
 	    metactx_register(nbd_server_contexts(srv), &metactx_dirty_bitmap)) {
 		cli_fail("out of memory");
@@ -285,8 +302,10 @@ int cmd_serve(int argc, char **argv)
 		}
 	}
 	if (tracker) {
+		struct ctl_env env = { .tracker = tracker, .md = md, .exports = &exports };
 		char *ctl_path = metadir_file(md, CTL_SOCKET_NAME);
-		err = ctl_path ? ctl_server_start(ctl_path, tracker, md, &ctl) : -ENOMEM;
+		exports.arg = srv;
+		err = ctl_path ? ctl_server_start(ctl_path, &env, &ctl) : -ENOMEM;
 		free(ctl_path);
 		if (err) {
 			cli_fail("cannot open the control socket in %s: %s", meta_path, strerror(-err));

@@ -90,7 +90,7 @@ static int run_offline(const char *volume, const char *meta_path, int argc, char
 		cli_fail("cannot open the change tracker in %s: %s", meta_path, strerror(-err));
 		goto out;
 	}
-	status = ctl_run(t, md, argc, argv, stdout);
+	status = ctl_run(&(struct ctl_env){ .tracker = t, .md = md }, argc, argv, stdout);
 	err = tracker_close(t, &id);
 	if (err) {
 		cli_fail("cannot close the change tracker cleanly: %s", strerror(-err));

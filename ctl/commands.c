@@ -308,8 +308,10 @@ static int cmd_status(struct tracker *t, struct metadir *md, int argc, char **ar
 	return 0;
 }
 
-int ctl_run(struct tracker *t, struct metadir *md, int argc, char **argv, FILE *out)
+int ctl_run(const struct ctl_env *env, int argc, char **argv, FILE *out)
 {
+	struct tracker *t = env->tracker;
+
 	if (argc < 1)
 		return fail(out, 2, "no command");
 	if (!strcmp(argv[0], "checkpoint"))
@@ -319,7 +321,7 @@ int ctl_run(struct tracker *t, struct metadir *md, int argc, char **argv, FILE *
 	if (!strcmp(argv[0], "list"))
 		return cmd_list(t, argc, argv, out);
 	if (!strcmp(argv[0], "status"))
-		return cmd_status(t, md, argc, argv, out);
+		return cmd_status(t, env->md, argc, argv, out);
 	return fail(out, 2, "unknown command '%s'", argv[0]);
 }
 

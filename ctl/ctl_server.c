@@ -24,8 +24,7 @@ struct ctl_server {
 	int listen_fd;
 	int stop_fd;
 	char *path;
-	struct tracker *t;
-	struct metadir *md;
+	struct ctl_env env;
 	pthread_t thread;
 };
 
@@ -102,7 +101,7 @@ static void serve_one(struct ctl_server *s, int fd)
 			err == -EINVAL ? "arguments must each end in a NUL byte" : strerror(-err));
 		status = 2;
 	} else {
-		status = ctl_run(s->t, s->md, argc, argv, out);
+		status = ctl_run(&s->env, argc, argv, out);
 	}
 	fclose(out);
 	char code = (char)('0' + status);
@@ -146,16 +145,14 @@ static void *ctl_main(void *arg)
 	return NULL;
 }
 
-int ctl_server_start(const char *path, struct tracker *t, struct metadir *md,
-		     struct ctl_server **out)
+int ctl_server_start(const char *path, const struct ctl_env *env, struct ctl_server **out)
 {
 	struct ctl_server *s = calloc(1, sizeof(*s));
 	int err;
 
 	if (!s)
 		return -ENOMEM;
-	s->t = t;
-	s->md = md;
+	s->env = *env;
 	s->listen_fd = -1;
 	s->path = strdup(path);
 	s->stop_fd = eventfd(0, EFD_CLOEXEC);

@@ -12,15 +12,14 @@
 #ifndef VOLTRACK_CTL_SERVER_H
 #define VOLTRACK_CTL_SERVER_H
 
-#include "metadir.h"
-#include "tracker.h"
+#include "commands.h"
 
 #define CTL_SOCKET_NAME "control.sock"
 
 struct ctl_server;
 
-int ctl_server_start(const char *path, struct tracker *t, struct metadir *md,
-		     struct ctl_server **out);
+/* Serve env (copied; what it points to must outlive the server). */
+int ctl_server_start(const char *path, const struct ctl_env *env, struct ctl_server **out);
 void ctl_server_stop(struct ctl_server *s);
 
 /*

@@ -1,9 +1,9 @@
 /*
  * base:allocation: which ranges are holes that read as zeroes.
  *
- * Answered from the filesystem (SEEK_DATA / SEEK_HOLE) at query time, so
- * it is always current.  0 ("data") is the safe answer where the
- * filesystem or device cannot tell.
+ * Answered by the export's allocation operation at query time (for the
+ * live volume, SEEK_DATA / SEEK_HOLE on the filesystem), so it is always
+ * current.  0 ("data") is the safe answer where nothing can tell.
  */
 #include <errno.h>
 #include <string.h>
@@ -18,21 +18,21 @@ static bool is(const char *s, size_t len, const char *lit)
 	return len == strlen(lit) && memcmp(s, lit, len) == 0;
 }
 
-static void alloc_list(void *opaque, const struct nbd_export *exp,
+static void alloc_list(void *opaque, const struct vt_export *exp,
 		       const char *query, size_t qlen, metactx_emit_fn emit, void *arg)
 {
 	if (!query || is(query, qlen, "base:") || is(query, qlen, NAME))
 		emit(arg, NAME);
 }
 
-static int alloc_open(void *opaque, const struct nbd_export *exp,
+static int alloc_open(void *opaque, const struct vt_export *exp,
 		      const char *name, size_t len, void **ctx)
 {
 	*ctx = NULL;
 	return is(name, len, NAME) ? 0 : -ENOENT;
 }
 
-static int alloc_extents(void *ctx, const struct nbd_export *exp, uint64_t off,
+static int alloc_extents(void *ctx, const struct vt_export *exp, uint64_t off,
 			 uint64_t len, struct nbd_extent *out, size_t max)
 {
 	size_t n = 0;
@@ -40,7 +40,7 @@ static int alloc_extents(void *ctx, const struct nbd_export *exp, uint64_t off,
 	while (len && n < max) {
 		bool hole;
 		uint64_t run;
-		volume_allocation(exp->vol, off, len, &hole, &run);
+		exp->ops->allocation(exp->impl, off, len, &hole, &run);
 		uint32_t flags = hole ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0;
 		if (n && out[n - 1].flags == flags &&
 		    (uint64_t)out[n - 1].length + run <= UINT32_MAX) {

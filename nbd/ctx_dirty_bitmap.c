@@ -13,6 +13,7 @@
 
 #include "metactx.h"
 #include "proto.h"
+#include "tracker.h"
 
 #define PREFIX "qemu:dirty-bitmap:"
 #define PREFIX_LEN (sizeof(PREFIX) - 1)
@@ -26,19 +27,20 @@ static bool is(const char *s, size_t len, const char *lit)
 	return len == strlen(lit) && memcmp(s, lit, len) == 0;
 }
 
-static void bitmap_list(void *opaque, const struct nbd_export *exp,
+static void bitmap_list(void *opaque, const struct vt_export *exp,
 			const char *query, size_t qlen, metactx_emit_fn emit, void *arg)
 {
+	struct tracker *t = vt_export_tracker(exp);
 	struct checkpoint_list l;
 	char name[PREFIX_LEN + CKPT_NAME_MAX + 1];
 
-	if (!exp->tracker)
+	if (!t)
 		return;
 	/* "qemu:" and "qemu:dirty-bitmap:" list everything, as QEMU does. */
 	bool all = !query || is(query, qlen, "qemu:") || is(query, qlen, PREFIX);
 	if (!all && (qlen <= PREFIX_LEN || memcmp(query, PREFIX, PREFIX_LEN) != 0))
 		return;
-	tracker_checkpoints(exp->tracker, &l);
+	tracker_checkpoints(t, &l);
 	for (uint32_t i = 0; i < l.n; i++) {
 		size_t n = strlen(l.items[i].name);
 		if (!all && !(qlen - PREFIX_LEN == n &&
@@ -50,19 +52,20 @@ static void bitmap_list(void *opaque, const struct nbd_export *exp,
 	}
 }
 
-static int bitmap_open(void *opaque, const struct nbd_export *exp,
+static int bitmap_open(void *opaque, const struct vt_export *exp,
 		       const char *name, size_t len, void **ctx)
 {
+	struct tracker *t = vt_export_tracker(exp);
 	char ckpt[CKPT_NAME_MAX + 1];
 	struct bitmap_ctx *b;
 	uint8_t epoch;
 
-	if (!exp->tracker || len <= PREFIX_LEN || len - PREFIX_LEN > CKPT_NAME_MAX ||
+	if (!t || len <= PREFIX_LEN || len - PREFIX_LEN > CKPT_NAME_MAX ||
 	    memcmp(name, PREFIX, PREFIX_LEN) != 0)
 		return -ENOENT;
 	memcpy(ckpt, name + PREFIX_LEN, len - PREFIX_LEN);
 	ckpt[len - PREFIX_LEN] = 0;
-	if (tracker_checkpoint_epoch(exp->tracker, ckpt, &epoch))
+	if (tracker_checkpoint_epoch(t, ckpt, &epoch))
 		return -ENOENT;
 	b = malloc(sizeof(*b));
 	if (!b)
@@ -72,11 +75,11 @@ static int bitmap_open(void *opaque, const struct nbd_export *exp,
 	return 0;
 }
 
-static int bitmap_extents(void *ctx, const struct nbd_export *exp, uint64_t off,
+static int bitmap_extents(void *ctx, const struct vt_export *exp, uint64_t off,
 			  uint64_t len, struct nbd_extent *out, size_t max)
 {
 	const struct bitmap_ctx *b = ctx;
-	const struct changemap *cm = tracker_map(exp->tracker);
+	const struct changemap *cm = tracker_map(vt_export_tracker(exp));
 	size_t n = 0;
 
 	while (len && n < max) {

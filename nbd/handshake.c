@@ -125,7 +125,7 @@ static int skip(struct hs *h, uint32_t n)
 	return 0;
 }
 
-static uint16_t export_flags(const struct nbd_export *e, bool structured)
+static uint16_t export_flags(const struct vt_export *e, bool structured)
 {
 	uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_CACHE |
 		     NBD_FLAG_CAN_MULTI_CONN;
@@ -133,7 +133,7 @@ static uint16_t export_flags(const struct nbd_export *e, bool structured)
 	/* Every connection shares one descriptor of one volume and replies
 	 * only after the kernel has the data, so a FLUSH on any connection
 	 * (fdatasync) covers writes acknowledged on all of them. */
-	if (e->read_only)
+	if (vt_export_read_only(e))
 		f |= NBD_FLAG_READ_ONLY;
 	else
 		f |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM |
@@ -143,13 +143,13 @@ static uint16_t export_flags(const struct nbd_export *e, bool structured)
 	return f;
 }
 
-static struct nbd_export *lookup(struct hs *h, const uint8_t *name, uint32_t len)
+static struct vt_export *lookup(struct hs *h, const uint8_t *name, uint32_t len)
 {
 	return export_table_get(&h->srv->exports, (const char *)name, len);
 }
 
 /* Enter transmission for exp: settle what the session carries over. */
-static void select_export(struct hs *h, struct nbd_export *exp)
+static void select_export(struct hs *h, struct vt_export *exp)
 {
 	struct nbd_session *s = h->s;
 
@@ -163,7 +163,7 @@ static void select_export(struct hs *h, struct nbd_export *exp)
 static int opt_export_name(struct hs *h, uint32_t len)
 {
 	uint8_t tail[10 + 124] = { 0 };
-	struct nbd_export *exp;
+	struct vt_export *exp;
 
 	/* This option has no error reply: a bad or unknown name can only
 	 * end the connection. */
@@ -176,7 +176,7 @@ static int opt_export_name(struct hs *h, uint32_t len)
 		return -ENOENT;
 	}
 	select_export(h, exp);
-	put_be64(tail, export_size(exp));
+	put_be64(tail, vt_export_size(exp));
 	put_be16(tail + 8, h->s->eflags);
 	return hs_write(h, tail, h->no_zeroes ? 10 : sizeof(tail));
 }
@@ -199,7 +199,7 @@ static int send_info(struct hs *h, uint32_t opt, uint16_t type, const void *payl
 static int opt_info_go(struct hs *h, uint32_t opt, uint32_t len)
 {
 	struct nbd_info_request req;
-	struct nbd_export *exp;
+	struct vt_export *exp;
 	bool want_name = false, want_desc = false;
 	uint8_t payload[12];
 	int err;
@@ -216,7 +216,7 @@ static int opt_info_go(struct hs *h, uint32_t opt, uint32_t len)
 	}
 
 	uint16_t eflags = export_flags(exp, h->s->structured);
-	put_be64(payload, export_size(exp));
+	put_be64(payload, vt_export_size(exp));
 	put_be16(payload + 8, eflags);
 	err = send_info(h, opt, NBD_INFO_EXPORT, payload, 10);
 	if (!err) {
@@ -235,7 +235,7 @@ static int opt_info_go(struct hs *h, uint32_t opt, uint32_t len)
 	if (!err)
 		err = reply(h, opt, NBD_REP_ACK, NULL, 0);
 	if (err || opt == NBD_OPT_INFO) {
-		export_put(exp);
+		vt_export_put(exp);
 		return err;
 	}
 	select_export(h, exp);
@@ -278,7 +278,7 @@ static void name_list_free(struct name_list *l)
 	free(l->names);
 }
 
-static int collect_export(void *arg, const struct nbd_export *e)
+static int collect_export(void *arg, const struct vt_export *e)
 {
 	name_list_add(arg, e->name);
 	return 0;
@@ -330,13 +330,13 @@ static int opt_meta_context(struct hs *h, uint32_t opt, uint32_t len)
 {
 	struct nbd_session *s = h->s;
 	struct nbd_meta_request req;
-	struct nbd_export *exp;
+	struct vt_export *exp;
 	int err = 0;
 
 	if (opt == NBD_OPT_SET_META_CONTEXT) {
 		/* SET replaces the selection even when it fails. */
 		metactx_selection_clear(&s->contexts);
-		export_put(s->contexts_export);
+		vt_export_put(s->contexts_export);
 		s->contexts_export = NULL;
 	}
 	if (!s->structured)
@@ -351,7 +351,7 @@ static int opt_meta_context(struct hs *h, uint32_t opt, uint32_t len)
 	if (opt == NBD_OPT_LIST_META_CONTEXT) {
 		struct name_list l = { 0 };
 		metactx_list(&h->srv->contexts, exp, &req, collect_context, &l);
-		export_put(exp);
+		vt_export_put(exp);
 		for (size_t i = 0; i < l.n && !err; i++)
 			err = send_context(h, opt, 0, l.names[i]);
 		name_list_free(&l);
@@ -360,7 +360,7 @@ static int opt_meta_context(struct hs *h, uint32_t opt, uint32_t len)
 
 	err = metactx_select(&h->srv->contexts, exp, &req, &s->contexts);
 	if (err) {
-		export_put(exp);
+		vt_export_put(exp);
 		return reply_error(h, opt, err == -E2BIG ? NBD_REP_ERR_TOO_BIG : NBD_REP_ERR_INVALID,
 				   err == -E2BIG ? "too many contexts" : "out of memory");
 	}
@@ -444,8 +444,8 @@ static int handle_option(struct hs *h)
 void nbd_session_release(struct nbd_session *s)
 {
 	metactx_selection_clear(&s->contexts);
-	export_put(s->contexts_export);
-	export_put(s->export);
+	vt_export_put(s->contexts_export);
+	vt_export_put(s->export);
 	s->contexts_export = NULL;
 	s->export = NULL;
 }
@@ -489,7 +489,7 @@ int nbd_handshake(struct nbd_server *srv, int fd, struct nbd_session *s)
 		return err;
 	}
 	/* Once in transmission the selection's own reference is not needed. */
-	export_put(s->contexts_export);
+	vt_export_put(s->contexts_export);
 	s->contexts_export = NULL;
 	return 0;
 }

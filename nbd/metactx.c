@@ -53,7 +53,7 @@ void metactx_selection_clear(struct metactx_selection *sel)
 	sel->export = NULL;
 }
 
-void metactx_list(struct metactx_registry *r, const struct nbd_export *exp,
+void metactx_list(struct metactx_registry *r, const struct vt_export *exp,
 		  const struct nbd_meta_request *req, metactx_emit_fn emit, void *arg)
 {
 	pthread_mutex_lock(&r->lock);
@@ -84,7 +84,7 @@ static bool already_selected(const struct metactx_selection *sel,
 	return false;
 }
 
-int metactx_select(struct metactx_registry *r, const struct nbd_export *exp,
+int metactx_select(struct metactx_registry *r, const struct vt_export *exp,
 		   const struct nbd_meta_request *req, struct metactx_selection *sel)
 {
 	struct nbd_meta_iter it;

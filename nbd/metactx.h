@@ -34,14 +34,14 @@ struct metactx_provider {
 	void *opaque;
 	/* Emit the contexts on exp that match query; query NULL means all.
 	 * Called only for queries in this provider's namespace. */
-	void (*list)(void *opaque, const struct nbd_export *exp,
+	void (*list)(void *opaque, const struct vt_export *exp,
 		     const char *query, size_t qlen, metactx_emit_fn emit, void *arg);
 	/* Open the context with exactly this name: 0, or -ENOENT. */
-	int (*open)(void *opaque, const struct nbd_export *exp,
+	int (*open)(void *opaque, const struct vt_export *exp,
 		    const char *name, size_t len, void **ctx);
 	/* Describe [off, off+len): at least one and at most max extents, the
 	 * last of which may end short of len.  -errno on failure. */
-	int (*extents)(void *ctx, const struct nbd_export *exp, uint64_t off,
+	int (*extents)(void *ctx, const struct vt_export *exp, uint64_t off,
 		       uint64_t len, struct nbd_extent *out, size_t max);
 	void (*close)(void *ctx);
 };
@@ -71,13 +71,13 @@ struct metactx_selection {
 	struct metactx_selected items[METACTX_MAX_SELECTED];
 	size_t n;
 	uint32_t next_id;	/* ids are never reused within a connection */
-	const struct nbd_export *export; /* the export they were chosen for */
+	const struct vt_export *export; /* the export they were chosen for */
 };
 
 void metactx_selection_clear(struct metactx_selection *sel);
 
 /* NBD_OPT_LIST_META_CONTEXT: emit every match (all, for zero queries). */
-void metactx_list(struct metactx_registry *r, const struct nbd_export *exp,
+void metactx_list(struct metactx_registry *r, const struct vt_export *exp,
 		  const struct nbd_meta_request *req, metactx_emit_fn emit, void *arg);
 
 /*
@@ -86,10 +86,10 @@ void metactx_list(struct metactx_registry *r, const struct nbd_export *exp,
  * name nothing are ignored.  -E2BIG (and an empty selection) when more
  * than METACTX_MAX_SELECTED would be chosen, -ENOMEM likewise.
  */
-int metactx_select(struct metactx_registry *r, const struct nbd_export *exp,
+int metactx_select(struct metactx_registry *r, const struct vt_export *exp,
 		   const struct nbd_meta_request *req, struct metactx_selection *sel);
 
-/* The base:allocation provider, backed by SEEK_DATA / SEEK_HOLE. */
+/* The base:allocation provider, backed by the export's allocation op. */
 extern const struct metactx_provider metactx_base_allocation;
 
 /* qemu:dirty-bitmap:NAME for each checkpoint of a tracked export. */

@@ -85,9 +85,14 @@ void nbd_server_destroy(struct nbd_server *srv)
 	free(srv);
 }
 
-struct nbd_export_table *nbd_server_exports(struct nbd_server *srv)
+int nbd_server_add_export(struct nbd_server *srv, struct vt_export *e)
 {
-	return &srv->exports;
+	return export_table_add(&srv->exports, e);
+}
+
+int nbd_server_remove_export(struct nbd_server *srv, const char *name)
+{
+	return export_table_remove(&srv->exports, name);
 }
 
 struct metactx_registry *nbd_server_contexts(struct nbd_server *srv)
@@ -270,7 +275,7 @@ static void *worker_boot_main(void *arg)
 
 	/* The engine is created here: an io_uring ring is tied to the
 	 * thread that submits to it. */
-	w->start_status = vio_engine_create(w->srv->cfg.backend, 256, &w->eng);
+	w->start_status = vt_loop_init(&w->loop, w->srv->cfg.backend, 256);
 	pthread_mutex_lock(&boot->lock);
 	boot->done = true;
 	pthread_cond_signal(&boot->ready);
@@ -308,15 +313,13 @@ static void stop_workers(struct nbd_server *srv, unsigned n)
 {
 	for (unsigned i = 0; i < n; i++) {
 		atomic_store(&srv->workers[i].draining, true);
-		vio_wake(srv->workers[i].eng);
+		vt_loop_wake(&srv->workers[i].loop);
 	}
 	for (unsigned i = 0; i < n; i++) {
 		pthread_join(srv->workers[i].thread, NULL);
-		/* Other threads wake a worker only under its lock. */
-		pthread_mutex_lock(&srv->workers[i].lock);
-		vio_engine_destroy(srv->workers[i].eng);
-		srv->workers[i].eng = NULL;
-		pthread_mutex_unlock(&srv->workers[i].lock);
+		/* Safe against other threads still waking it (a late intent
+		 * commit): the loop frees its engine under its own lock. */
+		vt_loop_destroy(&srv->workers[i].loop);
 		pthread_mutex_destroy(&srv->workers[i].lock);
 	}
 }
@@ -342,7 +345,7 @@ int nbd_server_start(struct nbd_server *srv)
 		}
 		srv->nworkers = i + 1;
 	}
-	srv->engine_name = vio_engine_name(srv->workers[0].eng);
+	srv->engine_name = vio_engine_name(srv->workers[0].loop.eng);
 	err = -pthread_create(&srv->acceptor, NULL, acceptor_main, srv);
 	if (err) {
 		stop_workers(srv, srv->nworkers);

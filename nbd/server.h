@@ -18,7 +18,7 @@
 
 #include <stdint.h>
 
-#include "export.h"
+#include "exports.h"
 #include "metactx.h"
 #include "vio.h"
 
@@ -44,7 +44,16 @@ int nbd_server_create(const struct nbd_server_config *cfg, struct nbd_server **o
 /* Frees everything; only after stop, or if never started. */
 void nbd_server_destroy(struct nbd_server *srv);
 
-struct nbd_export_table *nbd_server_exports(struct nbd_server *srv);
+/*
+ * Offer e under its name, from the next negotiation on (the server takes
+ * a reference of its own), or stop offering it: connections already
+ * using it keep it until they close.  Any thread, at any time, also
+ * while the server runs.  -EEXIST for a taken name, -ENOENT for an
+ * unknown one.
+ */
+int nbd_server_add_export(struct nbd_server *srv, struct vt_export *e);
+int nbd_server_remove_export(struct nbd_server *srv, const char *name);
+
 struct metactx_registry *nbd_server_contexts(struct nbd_server *srv);
 
 /* Adopt a socket that is already listening; the server closes it. */

@@ -9,15 +9,16 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
+#include "loop.h"
 #include "server.h"
 
 /* What negotiation settled, handed from handshake to transmission. */
 struct nbd_session {
-	struct nbd_export *export;	/* counted reference */
+	struct vt_export *export;	/* counted reference */
 	bool structured;
 	uint16_t eflags;
 	struct metactx_selection contexts;
-	struct nbd_export *contexts_export; /* counted; what SET named */
+	struct vt_export *contexts_export; /* counted; what SET named */
 };
 
 void nbd_session_release(struct nbd_session *s);
@@ -28,13 +29,11 @@ struct nbd_slot;
 struct nbd_worker {
 	struct nbd_server *srv;
 	pthread_t thread;
-	struct vio_engine *eng;
-	int start_status;		/* engine creation result */
+	struct vt_loop loop;		/* engine, and parked requests coming back */
+	int start_status;		/* loop creation result */
 	pthread_mutex_t lock;		/* guards incoming */
 	struct nbd_conn *incoming;
 	atomic_bool has_incoming;
-	struct nbd_slot *resumed;	/* writes whose intent became durable */
-	atomic_bool has_resumed;
 	atomic_bool draining;
 	/* worker-thread only */
 	struct nbd_conn *conns;

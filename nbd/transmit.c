@@ -1,107 +1,18 @@
 /*
- * The transmission phase: one connection's requests, on one worker.
- *
- * Receive: one stream read is outstanding per connection, into a buffer
- * that usually holds many requests; each parsed request takes a slot
- * (preallocated, with a reusable payload buffer) and starts its I/O at
- * once, so requests run concurrently and finish in any order.  A large
- * WRITE payload that has not arrived yet is read straight into its slot.
- * When slots or the in-flight byte budget run out, reading pauses and
- * TCP pushes back on the client.
- *
- * Send: finished slots queue their replies; after each loop turn the
- * worker sends everything queued on a connection with one gathered
- * write, and one send is outstanding per connection so replies never
- * interleave.
- *
- * A connection dies (protocol error, socket error) by shutting its
- * socket down; it is freed only once no I/O of its own is outstanding,
- * because the kernel may still be writing into its buffers.
+ * transmit: the socket side of a connection (see conn.h): receive and
+ * parse requests, send queued replies, and decide when it is done.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
+#include "conn.h"
 #include "log.h"
 #include "proto.h"
-#include "server_internal.h"
-#include "wire.h"
 
-#define RBUF_SIZE	(256u << 10)
-#define MAX_SLOTS	128
-#define SEND_IOV	64
-#define INFLIGHT_BUDGET	(64u << 20)	/* payload bytes held by slots */
-#define RETAIN_BUDGET	(16u << 20)	/* idle slot buffers kept per connection */
-#define MAX_EXTENTS	16384		/* descriptors per context per reply */
-#define HDR_SIZE	64		/* room for any reply header */
-
-enum slot_stage { STAGE_MAIN, STAGE_FLUSH };
-
-struct nbd_slot {
-	struct nbd_conn *conn;
-	struct nbd_slot *next;		/* free list or send queue */
-	struct nbd_request rq;
-	struct vio_req io;
-	struct iovec iov;
-	uint8_t *buf;			/* payload: WRITE in, READ out, BLOCK_STATUS out */
-	size_t cap;
-	uint64_t filled;		/* WRITE payload received so far */
-	uint8_t stage;
-	uint8_t zero_step;
-	bool counted;			/* rq.length is in conn->inflight_bytes */
-	uint32_t deferred_error;	/* answer once the payload is dropped */
-	bool tracked;			/* between tracker_write_begin and _end */
-	int wait_err;
-	struct intent_wait wait;
-	/* reply */
-	uint8_t hdr[HDR_SIZE];
-	struct iovec out[2];
-	unsigned nout;
-	uint64_t out_len;
-	uint64_t out_sent;
-};
-
-enum rx_state { RX_HEADER, RX_PAYLOAD, RX_DISCARD };
-
-struct nbd_conn {
-	struct nbd_worker *w;
-	struct nbd_conn *next;		/* worker's list */
-	struct nbd_conn *dirty_next;
-	bool dirty;
-	int fd;
-	struct vio_stream stream;
-	struct nbd_session s;
-	struct nbd_limits lim;
-
-	uint8_t *rbuf;
-	size_t rhead, rtail;
-	struct vio_req rreq;
-	struct iovec riov;
-	bool recv_pending;
-	enum rx_state rx;
-	struct nbd_slot *rx_slot;	/* RX_PAYLOAD, or RX_DISCARD's rejected WRITE */
-	uint64_t rx_need;		/* RX_PAYLOAD / RX_DISCARD bytes left */
-	bool rx_done;			/* no more reading: EOF, error, shutdown */
-	bool disc;			/* NBD_CMD_DISC seen: parse no further */
-
-	struct nbd_slot slots[MAX_SLOTS];
-	struct nbd_slot *free_slots;
-	unsigned busy;			/* slots not on the free list */
-	uint64_t inflight_bytes;
-	uint64_t retained_bytes;
-
-	struct nbd_slot *sendq_head, *sendq_tail;
-	struct vio_req sreq;
-	struct iovec siov[SEND_IOV];
-	bool send_pending;
-
-	bool dead;			/* no more replies; close when idle */
-	bool draining;			/* server stopping */
-};
-
-static void conn_mark_dirty(struct nbd_conn *c)
+void conn_mark_dirty(struct nbd_conn *c)
 {
 	if (!c->dirty) {
 		c->dirty = true;
@@ -110,7 +21,7 @@ static void conn_mark_dirty(struct nbd_conn *c)
 	}
 }
 
-static void conn_kill(struct nbd_conn *c, const char *why)
+void conn_kill(struct nbd_conn *c, const char *why)
 {
 	if (c->dead)
 		return;
@@ -120,404 +31,8 @@ static void conn_kill(struct nbd_conn *c, const char *why)
 	c->rx_done = true;
 	/* Makes outstanding socket reads and writes complete promptly. */
 	shutdown(c->fd, SHUT_RDWR);
-	vio_stream_cancel(c->w->eng, &c->stream);
+	vio_stream_cancel(c->w->loop.eng, &c->stream);
 	conn_mark_dirty(c);
-}
-
-/* ---- slots ---- */
-
-static struct nbd_slot *slot_get(struct nbd_conn *c)
-{
-	struct nbd_slot *sl = c->free_slots;
-
-	if (sl) {
-		c->free_slots = sl->next;
-		sl->next = NULL;
-		c->busy++;
-	}
-	return sl;
-}
-
-static void slot_put(struct nbd_conn *c, struct nbd_slot *sl)
-{
-	if (sl->counted)
-		c->inflight_bytes -= sl->rq.length;
-	sl->counted = false;
-	/* Keep buffers for reuse, but not without bound: RSS stays flat. */
-	if (sl->cap && c->retained_bytes + sl->cap > RETAIN_BUDGET) {
-		free(sl->buf);
-		sl->buf = NULL;
-		sl->cap = 0;
-	}
-	sl->next = c->free_slots;
-	c->free_slots = sl;
-	c->busy--;
-	conn_mark_dirty(c); /* reading may resume */
-}
-
-static int slot_reserve(struct nbd_conn *c, struct nbd_slot *sl, size_t len)
-{
-	if (sl->cap >= len)
-		return 0;
-	size_t cap = (len + 4095) & ~(size_t)4095;
-	uint8_t *buf = malloc(cap);
-	if (!buf)
-		return -ENOMEM;
-	if (sl->cap)
-		c->retained_bytes -= sl->cap;
-	free(sl->buf);
-	sl->buf = buf;
-	sl->cap = cap;
-	c->retained_bytes += cap;
-	return 0;
-}
-
-/* ---- replies ---- */
-
-static void slot_queue_reply(struct nbd_slot *sl)
-{
-	struct nbd_conn *c = sl->conn;
-
-	if (sl->tracked) {
-		/* Every request ends in exactly one reply: the one place to
-		 * close what tracker_write_begin opened. */
-		sl->tracked = false;
-		tracker_write_end(c->s.export->tracker, sl->rq.offset, sl->rq.length);
-	}
-	if (c->dead) {
-		slot_put(c, sl);
-		return;
-	}
-	sl->out_len = sl->out[0].iov_len + (sl->nout > 1 ? sl->out[1].iov_len : 0);
-	sl->out_sent = 0;
-	sl->next = NULL;
-	if (c->sendq_tail)
-		c->sendq_tail->next = sl;
-	else
-		c->sendq_head = sl;
-	c->sendq_tail = sl;
-	conn_mark_dirty(c);
-}
-
-static void reply_header_only(struct nbd_slot *sl, size_t len)
-{
-	sl->out[0].iov_base = sl->hdr;
-	sl->out[0].iov_len = len;
-	sl->nout = 1;
-	slot_queue_reply(sl);
-}
-
-static void reply_ok(struct nbd_slot *sl)
-{
-	if (sl->conn->s.structured)
-		reply_header_only(sl, nbd_chunk_encode(sl->hdr, NBD_REPLY_FLAG_DONE,
-						       NBD_REPLY_TYPE_NONE, sl->rq.cookie, 0));
-	else
-		reply_header_only(sl, nbd_simple_reply_encode(sl->hdr, 0, sl->rq.cookie));
-}
-
-static void reply_error(struct nbd_slot *sl, uint32_t err, const char *msg)
-{
-	if (sl->conn->s.structured)
-		reply_header_only(sl, nbd_error_chunk_encode(sl->hdr, sizeof(sl->hdr),
-							     sl->rq.cookie, err, msg));
-	else
-		reply_header_only(sl, nbd_simple_reply_encode(sl->hdr, err, sl->rq.cookie));
-}
-
-static const char *error_text(uint32_t err)
-{
-	switch (err) {
-	case NBD_EPERM: return "read-only export";
-	case NBD_EINVAL: return "invalid request";
-	case NBD_ENOSPC: return "beyond the end of the export";
-	case NBD_ENOTSUP: return "cannot zero quickly";
-	case NBD_ESHUTDOWN: return "server is shutting down";
-	case NBD_ENOMEM: return "out of memory";
-	default: return "I/O error";
-	}
-}
-
-static void reply_errno(struct nbd_slot *sl, int64_t res)
-{
-	uint32_t err = nbd_errno_to_wire((int)res);
-	reply_error(sl, err, error_text(err));
-}
-
-static void reply_read(struct nbd_slot *sl)
-{
-	size_t hlen;
-
-	if (sl->conn->s.structured) {
-		hlen = nbd_chunk_encode(sl->hdr, NBD_REPLY_FLAG_DONE,
-					NBD_REPLY_TYPE_OFFSET_DATA, sl->rq.cookie,
-					8 + sl->rq.length);
-		put_be64(sl->hdr + hlen, sl->rq.offset);
-		hlen += 8;
-	} else {
-		hlen = nbd_simple_reply_encode(sl->hdr, 0, sl->rq.cookie);
-	}
-	sl->out[0].iov_base = sl->hdr;
-	sl->out[0].iov_len = hlen;
-	sl->out[1].iov_base = sl->buf;
-	sl->out[1].iov_len = sl->rq.length;
-	sl->nout = 2;
-	slot_queue_reply(sl);
-}
-
-/* ---- command execution ---- */
-
-static void io_done(struct vio_req *io);
-
-static void submit(struct nbd_slot *sl)
-{
-	sl->io.done = io_done;
-	vio_submit(sl->conn->w->eng, &sl->io);
-}
-
-/* Resumed on the committer thread: hand the slot back to its worker. */
-static void intent_ready(struct intent_wait *w, int err)
-{
-	struct nbd_slot *sl = (struct nbd_slot *)((char *)w - offsetof(struct nbd_slot, wait));
-	struct nbd_worker *wk = sl->conn->w;
-
-	sl->wait_err = err;
-	pthread_mutex_lock(&wk->lock);
-	sl->next = wk->resumed;
-	wk->resumed = sl;
-	atomic_store(&wk->has_resumed, true);
-	/* Under the lock: once the slot is visible the worker may finish,
-	 * and stop_workers() destroys the engine only under this lock. */
-	vio_wake(wk->eng);
-	pthread_mutex_unlock(&wk->lock);
-}
-
-/*
- * Record a write-type request with the tracker before its I/O is issued.
- * Returns true when the caller must not submit now: the slot is parked
- * until its intent is durable, or has already been answered with EIO.
- */
-static bool track_begin(struct nbd_slot *sl)
-{
-	struct tracker *t = sl->conn->s.export->tracker;
-
-	if (!t)
-		return false;
-	sl->tracked = true;
-	sl->wait.ready = intent_ready;
-	int r = tracker_write_begin(t, sl->rq.offset, sl->rq.length, &sl->wait);
-	if (r == 0)
-		return false;
-	if (r < 0)
-		reply_error(sl, NBD_EIO, "cannot record the write durably");
-	return true;
-}
-
-static void start_flush_stage(struct nbd_slot *sl)
-{
-	sl->stage = STAGE_FLUSH;
-	volume_prep_flush(sl->conn->s.export->vol, &sl->io);
-	submit(sl);
-}
-
-static void zero_done(struct nbd_slot *sl, int64_t res)
-{
-	struct volume *vol = sl->conn->s.export->vol;
-	unsigned zflags = 0;
-
-	if (res < 0 && volume_zero_retryable(res)) {
-		if (!(sl->rq.flags & NBD_CMD_FLAG_NO_HOLE))
-			zflags |= VOLUME_ZERO_MAY_UNMAP;
-		if (sl->rq.flags & NBD_CMD_FLAG_FAST_ZERO)
-			zflags |= VOLUME_ZERO_FAST;
-		if (volume_prep_zero(vol, &sl->io, sl->rq.offset, sl->rq.length, zflags,
-				     ++sl->zero_step) == 0) {
-			submit(sl);
-			return;
-		}
-		reply_error(sl, (zflags & VOLUME_ZERO_FAST) ? NBD_ENOTSUP : NBD_EIO,
-			    (zflags & VOLUME_ZERO_FAST) ? "cannot zero quickly" :
-			    "no way to zero this range");
-		return;
-	}
-	if (res < 0)
-		reply_errno(sl, res);
-	else if (sl->rq.flags & NBD_CMD_FLAG_FUA)
-		start_flush_stage(sl);
-	else
-		reply_ok(sl);
-}
-
-static void io_done(struct vio_req *io)
-{
-	struct nbd_slot *sl = (struct nbd_slot *)((char *)io - offsetof(struct nbd_slot, io));
-	int64_t res = io->res;
-
-	if (sl->stage == STAGE_FLUSH) {
-		/* A sync error is latched in the volume: this and every later
-		 * FLUSH or FUA request fails, whoever saw the error first. */
-		res = volume_sync_done(sl->conn->s.export->vol, (int)res);
-		if (res < 0)
-			reply_errno(sl, res);
-		else
-			reply_ok(sl);
-		return;
-	}
-	switch (sl->rq.type) {
-	case NBD_CMD_READ:
-		if (res < 0)
-			reply_errno(sl, res);
-		else if ((uint64_t)res != sl->rq.length)
-			reply_error(sl, NBD_EIO, "volume shrank under the server");
-		else
-			reply_read(sl);
-		break;
-	case NBD_CMD_TRIM:
-		/* Trim is advisory: a volume that cannot discard ignores it. */
-		if (res == -EOPNOTSUPP || res == -ENOTTY)
-			res = 0;
-		if (res < 0)
-			reply_errno(sl, res);
-		else if (sl->rq.flags & NBD_CMD_FLAG_FUA)
-			start_flush_stage(sl);
-		else
-			reply_ok(sl);
-		break;
-	case NBD_CMD_WRITE_ZEROES:
-		zero_done(sl, res);
-		break;
-	default: /* WRITE, FLUSH */
-		/* FLUSH errors latch; a FUA write is only as durable as the
-		 * volume's last sync (see volume_sync()). */
-		if (sl->rq.type == NBD_CMD_FLUSH) {
-			res = volume_sync_done(sl->conn->s.export->vol, (int)res);
-		} else if (sl->rq.flags & NBD_CMD_FLAG_FUA) {
-			/* A FUA write syncs too (RWF_DSYNC): its error may be an
-			 * earlier write's writeback error, reported only here. */
-			int err = volume_sync_done(sl->conn->s.export->vol, res < 0 ? (int)res : 0);
-			if (res >= 0 && err)
-				res = err;
-		}
-		if (res < 0)
-			reply_errno(sl, res);
-		else
-			reply_ok(sl);
-		/* A client flushing wants durability: persist the change map
-		 * soon too, which shortens what a crash would over-report. */
-		if (sl->rq.type == NBD_CMD_FLUSH && sl->conn->s.export->tracker)
-			tracker_nudge(sl->conn->s.export->tracker);
-		break;
-	}
-}
-
-static void block_status(struct nbd_slot *sl)
-{
-	struct nbd_conn *c = sl->conn;
-	const struct metactx_selection *sel = &c->s.contexts;
-	size_t max = (sl->rq.flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : MAX_EXTENTS;
-	size_t chunk_max = NBD_CHUNK_HEADER_SIZE + 4 + max * 8;
-	size_t pos = 0;
-
-	if (slot_reserve(c, sl, sel->n * chunk_max) < 0) {
-		reply_error(sl, NBD_ENOMEM, "out of memory");
-		return;
-	}
-	for (size_t i = 0; i < sel->n; i++) {
-		const struct metactx_selected *ctx = &sel->items[i];
-		uint8_t *chunk = sl->buf + pos;
-		struct nbd_extent *ext = (struct nbd_extent *)(chunk + NBD_CHUNK_HEADER_SIZE + 4);
-		int n = ctx->provider->extents(ctx->ctx, c->s.export, sl->rq.offset,
-					       sl->rq.length, ext, max);
-		if (n <= 0) {
-			reply_errno(sl, n < 0 ? n : -EIO);
-			return;
-		}
-		/* Clamp to the request: only the last descriptor could
-		 * overrun, and with REQ_ONE it must not. */
-		uint64_t covered = 0;
-		int keep = 0;
-		for (; keep < n && covered < sl->rq.length; keep++) {
-			if (covered + ext[keep].length > sl->rq.length)
-				ext[keep].length = (uint32_t)(sl->rq.length - covered);
-			covered += ext[keep].length;
-		}
-		/* Rewrite in place as big-endian wire descriptors. */
-		for (int k = 0; k < keep; k++) {
-			struct nbd_extent e = ext[k];
-			put_be32((uint8_t *)&ext[k], e.length);
-			put_be32((uint8_t *)&ext[k] + 4, e.flags);
-		}
-		uint32_t len = 4 + (uint32_t)keep * 8;
-		nbd_chunk_encode(chunk, i + 1 == sel->n ? NBD_REPLY_FLAG_DONE : 0,
-				 NBD_REPLY_TYPE_BLOCK_STATUS, sl->rq.cookie, len);
-		put_be32(chunk + NBD_CHUNK_HEADER_SIZE, ctx->id);
-		pos += NBD_CHUNK_HEADER_SIZE + len;
-		if (pos + chunk_max > sl->cap && i + 1 < sel->n)
-			break; /* cannot happen: reserved sel->n * chunk_max */
-	}
-	sl->out[0].iov_base = sl->buf;
-	sl->out[0].iov_len = pos;
-	sl->nout = 1;
-	slot_queue_reply(sl);
-}
-
-/* Start a validated request whose payload, if any, has arrived. */
-static void slot_start(struct nbd_slot *sl)
-{
-	struct nbd_conn *c = sl->conn;
-	struct volume *vol = c->s.export->vol;
-	const struct nbd_request *rq = &sl->rq;
-
-	sl->stage = STAGE_MAIN;
-	sl->zero_step = 0;
-	if (rq->length == 0 && rq->type != NBD_CMD_FLUSH) {
-		reply_ok(sl); /* nothing to do, and fallocate rejects 0 */
-		return;
-	}
-	switch (rq->type) {
-	case NBD_CMD_READ:
-		sl->iov.iov_base = sl->buf;
-		sl->iov.iov_len = rq->length;
-		volume_prep_read(vol, &sl->io, &sl->iov, 1, rq->offset);
-		submit(sl);
-		break;
-	case NBD_CMD_WRITE:
-		sl->iov.iov_base = sl->buf;
-		sl->iov.iov_len = rq->length;
-		volume_prep_write(vol, &sl->io, &sl->iov, 1, rq->offset,
-				  rq->flags & NBD_CMD_FLAG_FUA);
-		if (!track_begin(sl))
-			submit(sl);
-		break;
-	case NBD_CMD_FLUSH:
-		volume_prep_flush(vol, &sl->io);
-		submit(sl);
-		break;
-	case NBD_CMD_TRIM:
-		volume_prep_trim(vol, &sl->io, rq->offset, rq->length);
-		if (!track_begin(sl))
-			submit(sl);
-		break;
-	case NBD_CMD_WRITE_ZEROES: {
-		unsigned zflags = 0;
-		if (!(rq->flags & NBD_CMD_FLAG_NO_HOLE))
-			zflags |= VOLUME_ZERO_MAY_UNMAP;
-		if (rq->flags & NBD_CMD_FLAG_FAST_ZERO)
-			zflags |= VOLUME_ZERO_FAST;
-		if (volume_prep_zero(vol, &sl->io, rq->offset, rq->length, zflags, 0) < 0)
-			reply_error(sl, NBD_ENOTSUP, "cannot zero quickly");
-		else if (!track_begin(sl))
-			submit(sl);
-		break;
-	}
-	case NBD_CMD_CACHE:
-		volume_cache(vol, rq->offset, rq->length);
-		reply_ok(sl);
-		break;
-	case NBD_CMD_BLOCK_STATUS:
-		block_status(sl);
-		break;
-	}
 }
 
 /* ---- receive ---- */
@@ -650,7 +165,7 @@ static void conn_post_recv(struct nbd_conn *c)
 	c->rreq.iovcnt = 1;
 	c->rreq.done = recv_done;
 	c->recv_pending = true;
-	vio_submit(c->w->eng, &c->rreq);
+	vio_submit(c->w->loop.eng, &c->rreq);
 }
 
 static void recv_done(struct vio_req *io)
@@ -712,7 +227,7 @@ static void conn_post_send(struct nbd_conn *c)
 	c->sreq.iovcnt = n;
 	c->sreq.done = send_done;
 	c->send_pending = true;
-	vio_submit(c->w->eng, &c->sreq);
+	vio_submit(c->w->loop.eng, &c->sreq);
 }
 
 static void send_done(struct vio_req *io)
@@ -744,7 +259,7 @@ static void send_done(struct vio_req *io)
 
 /* ---- lifecycle ---- */
 
-static void conn_free(struct nbd_conn *c)
+void conn_free(struct nbd_conn *c)
 {
 	for (unsigned i = 0; i < MAX_SLOTS; i++)
 		free(c->slots[i].buf);
@@ -759,7 +274,7 @@ static bool conn_idle(const struct nbd_conn *c)
 }
 
 /* After a loop turn: parse, send, read more, or close. */
-static bool conn_service(struct nbd_conn *c)
+bool conn_service(struct nbd_conn *c)
 {
 	conn_parse(c);
 	if (c->rx_done && !c->recv_pending && c->rx != RX_HEADER) {
@@ -782,159 +297,4 @@ static bool conn_service(struct nbd_conn *c)
 		conn_post_send(c);
 	conn_post_recv(c);
 	return !conn_idle(c);
-}
-
-int nbd_transmit_start(struct nbd_worker *w, int fd, struct nbd_session *s)
-{
-	struct nbd_conn *c = calloc(1, sizeof(*c));
-
-	if (!c)
-		return -ENOMEM;
-	c->rbuf = malloc(RBUF_SIZE);
-	if (!c->rbuf) {
-		free(c);
-		return -ENOMEM;
-	}
-	c->w = w;
-	c->fd = fd;
-	c->s = *s;
-	memset(s, 0, sizeof(*s)); /* the connection owns the references now */
-	c->lim = (struct nbd_limits){
-		.export_size = export_size(c->s.export),
-		.max_payload = w->srv->cfg.max_payload,
-		.eflags = c->s.eflags,
-		.structured = c->s.structured,
-		.have_contexts = c->s.contexts.n > 0,
-	};
-	for (unsigned i = 0; i < MAX_SLOTS; i++) {
-		c->slots[i].conn = c;
-		c->slots[i].next = i + 1 < MAX_SLOTS ? &c->slots[i + 1] : NULL;
-	}
-	c->free_slots = &c->slots[0];
-
-	pthread_mutex_lock(&w->lock);
-	c->next = w->incoming;
-	w->incoming = c;
-	atomic_store(&w->has_incoming, true);
-	vio_wake(w->eng);
-	pthread_mutex_unlock(&w->lock);
-	return 0;
-}
-
-static void adopt_incoming(struct nbd_worker *w)
-{
-	struct nbd_conn *list;
-
-	if (!atomic_exchange(&w->has_incoming, false))
-		return;
-	pthread_mutex_lock(&w->lock);
-	list = w->incoming;
-	w->incoming = NULL;
-	pthread_mutex_unlock(&w->lock);
-	while (list) {
-		struct nbd_conn *c = list;
-		list = c->next;
-		int err = vio_stream_attach(w->eng, &c->stream, c->fd);
-		c->next = w->conns;
-		w->conns = c;
-		if (err)
-			conn_kill(c, "cannot attach socket to the event loop");
-		if (w->drain_started) {
-			c->draining = true;
-			c->rx_done = true;
-		}
-		conn_mark_dirty(c);
-	}
-}
-
-static void adopt_resumed(struct nbd_worker *w)
-{
-	struct nbd_slot *list;
-
-	if (!atomic_exchange(&w->has_resumed, false))
-		return;
-	pthread_mutex_lock(&w->lock);
-	list = w->resumed;
-	w->resumed = NULL;
-	pthread_mutex_unlock(&w->lock);
-	while (list) {
-		struct nbd_slot *sl = list;
-		list = sl->next;
-		sl->next = NULL;
-		if (sl->wait_err)
-			reply_error(sl, NBD_EIO, "cannot record the write durably");
-		else
-			submit(sl);
-		conn_mark_dirty(sl->conn);
-	}
-}
-
-static void begin_drain(struct nbd_worker *w)
-{
-	w->drain_started = true;
-	w->drain_deadline_ms = nbd_now_ms() + w->srv->cfg.shutdown_grace_ms;
-	for (struct nbd_conn *c = w->conns; c; c = c->next) {
-		c->draining = true;
-		/* Stop reading; requests already buffered get ESHUTDOWN. */
-		shutdown(c->fd, SHUT_RD);
-		if (c->recv_pending)
-			vio_stream_cancel(w->eng, &c->stream);
-		conn_mark_dirty(c);
-	}
-}
-
-static void close_conn(struct nbd_worker *w, struct nbd_conn *c)
-{
-	/* Servicing may have queued it again; it must not outlive the list. */
-	if (c->dirty) {
-		for (struct nbd_conn **p = &w->dirty; *p; p = &(*p)->dirty_next) {
-			if (*p == c) {
-				*p = c->dirty_next;
-				break;
-			}
-		}
-	}
-	for (struct nbd_conn **p = &w->conns; *p; p = &(*p)->next) {
-		if (*p == c) {
-			*p = c->next;
-			break;
-		}
-	}
-	vio_stream_detach(w->eng, &c->stream);
-	close(c->fd);
-	conn_free(c);
-	nbd_server_conn_closed(w->srv);
-}
-
-void *nbd_worker_main(void *arg)
-{
-	struct nbd_worker *w = arg;
-
-	for (;;) {
-		adopt_incoming(w);
-		adopt_resumed(w);
-		if (atomic_load(&w->draining) && !w->drain_started)
-			begin_drain(w);
-		if (w->drain_started && nbd_now_ms() >= w->drain_deadline_ms)
-			for (struct nbd_conn *c = w->conns; c; c = c->next)
-				conn_kill(c, "shutdown grace period over");
-
-		/* Service every connection touched in the last turn.  New ones
-		 * may be marked while we go; loop until the list is empty. */
-		while (w->dirty) {
-			struct nbd_conn *c = w->dirty;
-			w->dirty = c->dirty_next;
-			c->dirty = false;
-			if (!conn_service(c))
-				close_conn(w, c);
-		}
-		if (w->drain_started && !w->conns)
-			break;
-		int ret = vio_run(w->eng, w->drain_started ? 100 : -1);
-		if (ret < 0 && ret != -EINTR) {
-			vt_error("event loop failed: %s", strerror(-ret));
-			break;
-		}
-	}
-	return NULL;
 }

@@ -5,8 +5,8 @@
  * sockets inherited from systemd socket activation.  Each function
  * returns listening, close-on-exec descriptors or -errno.
  */
-#ifndef VOLTRACK_NBD_LISTEN_H
-#define VOLTRACK_NBD_LISTEN_H
+#ifndef VOLTRACK_NET_LISTEN_H
+#define VOLTRACK_NET_LISTEN_H
 
 #include <stddef.h>
 

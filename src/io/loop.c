@@ -1,0 +1,73 @@
+#include "loop.h"
+
+int vt_loop_init(struct vt_loop *l, enum vio_backend backend, unsigned queue_depth)
+{
+	int err = vio_engine_create(backend, queue_depth, &l->eng);
+
+	if (err)
+		return err;
+	pthread_mutex_init(&l->lock, NULL);
+	l->resumed = NULL;
+	atomic_init(&l->has_resumed, false);
+	return 0;
+}
+
+void vt_loop_destroy(struct vt_loop *l)
+{
+	/* Wakers hold the lock while they use the engine. */
+	pthread_mutex_lock(&l->lock);
+	vio_engine_destroy(l->eng);
+	l->eng = NULL;
+	pthread_mutex_unlock(&l->lock);
+	pthread_mutex_destroy(&l->lock);
+}
+
+void vt_loop_wake(struct vt_loop *l)
+{
+	pthread_mutex_lock(&l->lock);
+	if (l->eng)
+		vio_wake(l->eng);
+	pthread_mutex_unlock(&l->lock);
+}
+
+void vt_loop_resume(struct vt_loop *l, struct vt_parked *p, int err)
+{
+	p->err = err;
+	pthread_mutex_lock(&l->lock);
+	p->next = l->resumed;
+	l->resumed = p;
+	atomic_store(&l->has_resumed, true);
+	/* Under the lock: once p is visible the owner may finish with it,
+	 * and vt_loop_destroy() frees the engine only under this lock. */
+	vio_wake(l->eng);
+	pthread_mutex_unlock(&l->lock);
+}
+
+static int run_resumed(struct vt_loop *l)
+{
+	struct vt_parked *list;
+	int n = 0;
+
+	if (!atomic_exchange(&l->has_resumed, false))
+		return 0;
+	pthread_mutex_lock(&l->lock);
+	list = l->resumed;
+	l->resumed = NULL;
+	pthread_mutex_unlock(&l->lock);
+	while (list) {
+		struct vt_parked *p = list;
+		list = p->next;
+		p->next = NULL;
+		p->resume(p, p->err);
+		n++;
+	}
+	return n;
+}
+
+int vt_loop_run(struct vt_loop *l, int timeout_ms)
+{
+	int ret = vio_run(l->eng, timeout_ms);
+	int resumed = run_resumed(l);
+
+	return ret < 0 ? ret : ret + resumed;
+}

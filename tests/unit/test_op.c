@@ -1,0 +1,329 @@
+/*
+ * The write pipeline (src/io/op.h) and the live export over it, driven
+ * the way a frontend drives them: an op embedded in the caller's own
+ * memory, started on a loop, completed through done on that loop's
+ * thread.
+ *
+ * Each test counts tracker_write_end() through its pause point (this
+ * binary links the library built with pause points) and checks the
+ * contract: exactly one end per begun write, on every path, and before
+ * done.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "export.h"
+#include "loop.h"
+#include "metadir.h"
+#include "op.h"
+#include "pause.h"
+#include "tracker.h"
+#include "volume.h"
+
+#define VOL_SIZE (256ull << 20)	/* four 64 MiB intent regions */
+#define REGION (64ull << 20)
+#define G (64u << 10)
+
+/* Metadata writes that fail on demand: a failed intent commit. */
+struct faulty_fsops {
+	struct vt_fsops ops;
+	atomic_bool fail;
+};
+
+static int faulty_pwrite(const struct vt_fsops *ops, int fd, const void *buf, size_t len,
+			 uint64_t off)
+{
+	const struct faulty_fsops *f = (const struct faulty_fsops *)ops;
+
+	if (atomic_load(&f->fail))
+		return -EIO;
+	return vt_fsops_posix.pwrite(&vt_fsops_posix, fd, buf, len, off);
+}
+
+static int faulty_fdatasync(const struct vt_fsops *ops, int fd)
+{
+	const struct faulty_fsops *f = (const struct faulty_fsops *)ops;
+
+	if (atomic_load(&f->fail))
+		return -EIO;
+	return vt_fsops_posix.fdatasync(&vt_fsops_posix, fd);
+}
+
+struct fixture {
+	char dir[64], vol_path[96], meta_path[96];
+	struct faulty_fsops fs;
+	struct metadir *md;
+	struct volume *vol;
+	struct tracker *t;
+	struct vt_target tgt;
+	struct vt_loop loop;
+	atomic_uint ends;		/* tracker_write_end calls */
+	unsigned ends_at_done;		/* ends seen when done ran */
+	/* the op under test and what its completion saw */
+	struct vt_op op;
+	struct iovec iov;
+	uint8_t buf[2 * G];
+	int done_calls;
+	int err;
+	const char *why;
+	pthread_t done_thread;
+};
+
+static void count_points(const char *point, void *arg)
+{
+	struct fixture *f = arg;
+
+	if (strcmp(point, "tracker.end.epoch_loaded") == 0)
+		atomic_fetch_add(&f->ends, 1);
+}
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+	struct superblock sb = { 0 };
+	struct tracker_config cfg;
+	struct volume_identity id;
+
+	strcpy(f->dir, "/tmp/voltrack-op-XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	snprintf(f->vol_path, sizeof(f->vol_path), "%s/disk.img", f->dir);
+	snprintf(f->meta_path, sizeof(f->meta_path), "%s/meta", f->dir);
+	assert_int_equal(volume_create_file(f->vol_path, VOL_SIZE), 0);
+	assert_int_equal(volume_open(f->vol_path, 0, &f->vol), 0);
+	assert_int_equal(metadir_open(f->meta_path, true, &f->md), 0);
+	assert_int_equal(metadir_lock(f->md), 0);
+	f->fs.ops = (struct vt_fsops){ .pwrite = faulty_pwrite, .fdatasync = faulty_fdatasync };
+	metadir_set_fsops(f->md, &f->fs.ops);
+	vt_uuid_generate(&sb.volume_uuid);
+	vt_uuid_generate(&sb.generation);
+	sb.version = SB_VERSION;
+	sb.volume_size = VOL_SIZE;
+	sb.granularity = G;
+	sb.volume_kind = SB_KIND_FILE;
+	sb.sequence = 1;
+	sb.state = SB_STATE_CLEAN;
+	assert_int_equal(volume_identity(f->vol, &id), 0);
+	sb.id_size = id.size;
+	sb.id_ino = id.ino;
+	sb.id_ctime_ns = id.ctime_ns;
+	assert_int_equal(tracker_format(f->md, &sb), 0);
+	assert_int_equal(metadir_write_superblock(f->md, &sb), 0);
+	tracker_config_defaults(&cfg);
+	cfg.persist_interval_ms = 3600000; /* nothing clears intents under the test */
+	cfg.volume = f->vol;
+	assert_int_equal(tracker_open(f->md, &id, true, &cfg, &f->t), 0);
+	f->tgt = (struct vt_target){ .vol = f->vol, .tracker = f->t };
+	/* The thread-pool engine: valgrind cannot follow io_uring. */
+	assert_int_equal(vt_loop_init(&f->loop, VIO_BACKEND_THREADS, 64), 0);
+	vt_pause_set_hook(count_points, f);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+	char cmd[128];
+
+	vt_pause_set_hook(NULL, NULL);
+	vt_loop_destroy(&f->loop);
+	tracker_abandon(f->t);
+	volume_close(f->vol);
+	metadir_close(f->md);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "could not remove %s\n", f->dir);
+	free(f);
+	return 0;
+}
+
+static void op_done(struct vt_op *op, int err)
+{
+	struct fixture *f = (struct fixture *)((char *)op - offsetof(struct fixture, op));
+
+	f->done_calls++;
+	f->err = err;
+	f->why = op->why;
+	f->done_thread = pthread_self();
+	f->ends_at_done = atomic_load(&f->ends);
+}
+
+/* Fill the op as a frontend would, over f->buf. */
+static struct vt_op *prep(struct fixture *f, enum vt_op_type type, unsigned flags,
+			  uint64_t off, uint64_t len)
+{
+	memset(&f->op, 0, sizeof(f->op));
+	f->done_calls = 0;
+	f->err = 1;
+	f->why = NULL;
+	f->iov = (struct iovec){ .iov_base = f->buf, .iov_len = len };
+	f->op.type = (uint8_t)type;
+	f->op.flags = (uint8_t)flags;
+	f->op.off = off;
+	f->op.len = len;
+	f->op.iov = &f->iov;
+	f->op.iovcnt = 1;
+	f->op.done = op_done;
+	return &f->op;
+}
+
+/* Run the loop until done has been called; returns its error. */
+static int wait_done(struct fixture *f)
+{
+	for (int i = 0; i < 500 && !f->done_calls; i++)
+		assert_true(vt_loop_run(&f->loop, 10) >= 0);
+	assert_int_equal(f->done_calls, 1);
+	assert_true(pthread_equal(f->done_thread, pthread_self()));
+	return f->err;
+}
+
+static int run(struct fixture *f, enum vt_op_type type, unsigned flags, uint64_t off,
+	       uint64_t len)
+{
+	vt_op_start(&f->loop, &f->tgt, prep(f, type, flags, off, len));
+	return wait_done(f);
+}
+
+static void read_back(struct fixture *f, uint64_t off, uint8_t *out, size_t len)
+{
+	assert_int_equal(pread(f->vol->fd, out, len, (off_t)off), (ssize_t)len);
+}
+
+/* The first write into a region parks until its intent is durable, and
+ * comes back on the loop's thread; the data lands, tracking ends once. */
+static void test_write_parks_then_lands(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t back[G];
+
+	memset(f->buf, 0xa5, G);
+	vt_op_start(&f->loop, &f->tgt, prep(f, VT_OP_WRITE, 0, REGION + G, G));
+	assert_int_equal(f->done_calls, 0); /* parked on the committer */
+	assert_int_equal(wait_done(f), 0);
+	assert_int_equal(f->ends_at_done, 1);
+	read_back(f, REGION + G, back, G);
+	assert_memory_equal(back, f->buf, G);
+
+	/* Now the region is durable: the next write goes straight through. */
+	assert_int_equal(run(f, VT_OP_WRITE, VT_OP_FUA, REGION, G), 0);
+	assert_int_equal(atomic_load(&f->ends), 2);
+}
+
+/* A parked write whose intent commit fails is not issued, says why,
+ * and still ends its tracking. */
+static void test_failed_intent_commit(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t back[G], zero[G] = { 0 };
+
+	atomic_store(&f->fs.fail, true);
+	memset(f->buf, 0x5a, G);
+	assert_int_equal(run(f, VT_OP_WRITE, 0, 2 * REGION, G), -EIO);
+	assert_string_equal(f->why, "cannot record the write durably");
+	assert_int_equal(f->ends_at_done, 1);
+	read_back(f, 2 * REGION, back, G);
+	assert_memory_equal(back, zero, G);
+	atomic_store(&f->fs.fail, false);
+}
+
+/* Zeroing walks down the ladder; with no method left it fails, tracking
+ * ended.  With no method at all it is refused before tracking begins. */
+static void test_zero_ladder(void **state)
+{
+	struct fixture *f = *state;
+
+	/* A file volume: the first rung (punch) works. */
+	assert_int_equal(run(f, VT_OP_ZERO, VT_OP_MAY_UNMAP, 0, G), 0);
+	assert_int_equal(f->ends_at_done, 1);
+
+	/* Pretend the file is a block device: BLKZEROOUT fails with ENOTTY
+	 * on it, the only rung for "keep allocated", so the ladder ends. */
+	f->vol->kind = SB_KIND_BLOCKDEV;
+	assert_int_equal(run(f, VT_OP_ZERO, 0, 0, G), -EIO);
+	assert_string_equal(f->why, "no way to zero this range");
+	assert_int_equal(f->ends_at_done, 2);
+
+	/* Fast and kept allocated: no rung at all on a block device. */
+	assert_int_equal(run(f, VT_OP_ZERO, VT_OP_FAST, 0, G), -ENOTSUP);
+	assert_int_equal(atomic_load(&f->ends), 2);
+	f->vol->kind = SB_KIND_FILE;
+}
+
+/* A sync error latches: every later FLUSH and FUA op fails with it,
+ * plain writes do not. */
+static void test_sync_error_latches(void **state)
+{
+	struct fixture *f = *state;
+
+	assert_int_equal(run(f, VT_OP_FLUSH, 0, 0, 0), 0);
+	assert_int_equal(volume_sync_done(f->vol, -EIO), -EIO);
+	assert_int_equal(run(f, VT_OP_FLUSH, 0, 0, 0), -EIO);
+	assert_int_equal(run(f, VT_OP_WRITE, VT_OP_FUA, 0, G), -EIO);
+	assert_int_equal(run(f, VT_OP_TRIM, VT_OP_FUA, G, G), -EIO);
+	assert_int_equal(run(f, VT_OP_WRITE, 0, 0, G), 0);
+	assert_int_equal(atomic_load(&f->ends), 3);
+}
+
+/* Reads are not tracked; a read past the end is short and fails. */
+static void test_reads(void **state)
+{
+	struct fixture *f = *state;
+
+	assert_int_equal(run(f, VT_OP_READ, 0, 0, G), 0);
+	assert_int_equal(run(f, VT_OP_READ, 0, VOL_SIZE - G, 2 * G), -EIO);
+	assert_string_equal(f->why, "volume shrank under the server");
+	assert_int_equal(atomic_load(&f->ends), 0);
+}
+
+/* The live export routes ops to the pipeline; a read-only one refuses
+ * writes before anything is tracked, and the last put releases it. */
+static void test_export(void **state)
+{
+	struct fixture *f = *state;
+	struct vt_export *rw, *ro;
+
+	assert_int_equal(vt_export_volume("", "live", f->vol, f->t, false, &rw), 0);
+	assert_int_equal(vt_export_volume("ro", NULL, f->vol, f->t, true, &ro), 0);
+	assert_false(vt_export_read_only(rw));
+	assert_true(vt_export_read_only(ro));
+	assert_int_equal(vt_export_size(rw), VOL_SIZE);
+	assert_ptr_equal(vt_export_tracker(ro), f->t);
+
+	vt_export_start(rw, &f->loop, prep(f, VT_OP_WRITE, 0, 0, G));
+	assert_int_equal(wait_done(f), 0);
+	vt_export_start(ro, &f->loop, prep(f, VT_OP_WRITE, 0, 0, G));
+	assert_int_equal(f->done_calls, 1); /* refused at once */
+	assert_int_equal(f->err, -EPERM);
+	vt_export_start(ro, &f->loop, prep(f, VT_OP_READ, 0, 0, G));
+	assert_int_equal(wait_done(f), 0);
+	assert_int_equal(atomic_load(&f->ends), 1);
+
+	struct vt_export *held = vt_export_get(ro);
+	vt_export_put(ro);
+	assert_int_equal(vt_export_size(held), VOL_SIZE); /* still alive */
+	vt_export_put(held);
+	vt_export_put(rw);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_write_parks_then_lands, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_failed_intent_commit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_zero_ladder, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sync_error_latches, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reads, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_export, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
