@@ -28,6 +28,7 @@
 #include "op.h"
 #include "pause.h"
 #include "tracker.h"
+#include "testvol.h"
 #include "volume.h"
 
 #define VOL_SIZE (256ull << 20)	/* four 64 MiB intent regions */
@@ -60,7 +61,7 @@ static int faulty_fdatasync(const struct vt_fsops *ops, int fd)
 }
 
 struct fixture {
-	char dir[64], vol_path[96], meta_path[96];
+	struct testvol tv;		/* md and vol below are its */
 	struct faulty_fsops fs;
 	struct metadir *md;
 	struct volume *vol;
@@ -90,37 +91,17 @@ static void count_points(const char *point, void *arg)
 static int setup(void **state)
 {
 	struct fixture *f = calloc(1, sizeof(*f));
-	struct superblock sb = { 0 };
 	struct tracker_config cfg;
 	struct volume_identity id;
 
-	strcpy(f->dir, "/tmp/voltrack-op-XXXXXX");
-	assert_non_null(mkdtemp(f->dir));
-	snprintf(f->vol_path, sizeof(f->vol_path), "%s/disk.img", f->dir);
-	snprintf(f->meta_path, sizeof(f->meta_path), "%s/meta", f->dir);
-	assert_int_equal(volume_create_file(f->vol_path, VOL_SIZE), 0);
-	assert_int_equal(volume_open(f->vol_path, 0, &f->vol), 0);
-	assert_int_equal(metadir_open(f->meta_path, true, &f->md), 0);
-	assert_int_equal(metadir_lock(f->md), 0);
 	f->fs.ops = (struct vt_fsops){ .pwrite = faulty_pwrite, .fdatasync = faulty_fdatasync };
-	metadir_set_fsops(f->md, &f->fs.ops);
-	vt_uuid_generate(&sb.volume_uuid);
-	vt_uuid_generate(&sb.generation);
-	sb.version = SB_VERSION;
-	sb.volume_size = VOL_SIZE;
-	sb.granularity = G;
-	sb.volume_kind = SB_KIND_FILE;
-	sb.sequence = 1;
-	sb.state = SB_STATE_CLEAN;
-	assert_int_equal(volume_identity(f->vol, &id), 0);
-	sb.id_size = id.size;
-	sb.id_ino = id.ino;
-	sb.id_ctime_ns = id.ctime_ns;
-	assert_int_equal(tracker_format(f->md, &sb), 0);
-	assert_int_equal(metadir_write_superblock(f->md, &sb), 0);
+	assert_int_equal(testvol_create(&f->tv, "voltrack-op", VOL_SIZE, G, &f->fs.ops), 0);
+	f->md = f->tv.md;
+	f->vol = f->tv.vol;
 	tracker_config_defaults(&cfg);
 	cfg.persist_interval_ms = 3600000; /* nothing clears intents under the test */
 	cfg.volume = f->vol;
+	assert_int_equal(volume_identity(f->vol, &id), 0);
 	assert_int_equal(tracker_open(f->md, &id, true, &cfg, &f->t), 0);
 	f->tgt = (struct vt_target){ .vol = f->vol, .tracker = f->t };
 	/* The thread-pool engine: valgrind cannot follow io_uring. */
@@ -133,16 +114,11 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	struct fixture *f = *state;
-	char cmd[128];
 
 	vt_pause_set_hook(NULL, NULL);
 	vt_loop_destroy(&f->loop);
 	tracker_abandon(f->t);
-	volume_close(f->vol);
-	metadir_close(f->md);
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", f->dir);
+	testvol_destroy(&f->tv);
 	free(f);
 	return 0;
 }

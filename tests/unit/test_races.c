@@ -32,6 +32,7 @@
 #include "metadir.h"
 #include "pause.h"
 #include "tracker.h"
+#include "testvol.h"
 #include "volume.h"
 
 #define VOL_SIZE (256ull << 20)	/* four 64 MiB intent regions */
@@ -118,7 +119,7 @@ static void gate_release(void)
 /* ---- a volume, its metadata and a tracker over them ---- */
 
 struct fixture {
-	char dir[64], vol_path[96], meta_path[96];
+	struct testvol tv;		/* md and vol below are its */
 	struct metadir *md;
 	struct volume *vol;
 	struct tracker *t;
@@ -148,32 +149,10 @@ static void open_tracker(struct fixture *f, bool live)
 static int setup(void **state)
 {
 	struct fixture *f = calloc(1, sizeof(*f));
-	struct superblock sb = { 0 };
-	struct volume_identity id;
 
-	strcpy(f->dir, "/tmp/voltrack-races-XXXXXX");
-	assert_non_null(mkdtemp(f->dir));
-	snprintf(f->vol_path, sizeof(f->vol_path), "%s/disk.img", f->dir);
-	snprintf(f->meta_path, sizeof(f->meta_path), "%s/meta", f->dir);
-	assert_int_equal(volume_create_file(f->vol_path, VOL_SIZE), 0);
-	assert_int_equal(volume_open(f->vol_path, 0, &f->vol), 0);
-	assert_int_equal(metadir_open(f->meta_path, true, &f->md), 0);
-	assert_int_equal(metadir_lock(f->md), 0);
-	vt_uuid_generate(&sb.volume_uuid);
-	vt_uuid_generate(&sb.generation);
-	sb.version = SB_VERSION;
-	sb.volume_size = VOL_SIZE;
-	sb.granularity = G;
-	sb.volume_kind = SB_KIND_FILE;
-	sb.sequence = 1;
-	sb.state = SB_STATE_CLEAN;
-	identity(f, &id);
-	sb.id_size = id.size;
-	sb.id_ino = id.ino;
-	sb.id_ctime_ns = id.ctime_ns;
-	sb.id_taken_ns = id.taken_ns;
-	assert_int_equal(tracker_format(f->md, &sb), 0);
-	assert_int_equal(metadir_write_superblock(f->md, &sb), 0);
+	assert_int_equal(testvol_create(&f->tv, "voltrack-races", VOL_SIZE, G, NULL), 0);
+	f->md = f->tv.md;
+	f->vol = f->tv.vol;
 	vt_pause_set_hook(gate_hook, NULL);
 	open_tracker(f, true);
 	*state = f;
@@ -183,17 +162,11 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	struct fixture *f = *state;
-	char cmd[128];
-
 	gate_release();
 	vt_pause_set_hook(NULL, NULL);
 	if (f->t)
 		tracker_abandon(f->t);
-	volume_close(f->vol);
-	metadir_close(f->md);
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", f->dir);
+	testvol_destroy(&f->tv);
 	free(f);
 	return 0;
 }
