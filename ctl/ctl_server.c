@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "commands.h"
+#include "deadline.h"
 #include "listen.h"
 #include "log.h"
 
@@ -28,26 +29,16 @@ struct ctl_server {
 	pthread_t thread;
 };
 
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Read a request up to the client's end of stream; its length or -errno. */
 static int read_request(int fd, char *buf)
 {
-	uint64_t deadline = now_ms() + REQUEST_TIMEOUT_MS;
+	uint64_t deadline = net_now_ms() + REQUEST_TIMEOUT_MS;
 	size_t len = 0;
 
 	for (;;) {
-		uint64_t now = now_ms();
-		if (now >= deadline)
-			return -ETIMEDOUT;
-		struct pollfd p = { .fd = fd, .events = POLLIN };
-		if (poll(&p, 1, (int)(deadline - now)) <= 0)
-			return -ETIMEDOUT;
+		int err = net_wait(fd, POLLIN, deadline);
+		if (err)
+			return err;
 		ssize_t n = recv(fd, buf + len, MAX_REQUEST - len, MSG_DONTWAIT);
 		if (n == 0)
 			return (int)len;
@@ -157,7 +148,7 @@ int ctl_server_start(const char *path, const struct ctl_env *env, struct ctl_ser
 	s->path = strdup(path);
 	s->stop_fd = eventfd(0, EFD_CLOEXEC);
 	if (!s->path || s->stop_fd < 0) {
-		err = -ENOMEM;
+		err = s->path ? -errno : -ENOMEM;
 		goto fail;
 	}
 	err = listen_unix(path, &s->listen_fd);

@@ -13,15 +13,10 @@
 
 #define NAME "base:allocation"
 
-static bool is(const char *s, size_t len, const char *lit)
-{
-	return len == strlen(lit) && memcmp(s, lit, len) == 0;
-}
-
 static void alloc_list(void *opaque, const struct vt_export *exp,
 		       const char *query, size_t qlen, metactx_emit_fn emit, void *arg)
 {
-	if (!query || is(query, qlen, "base:") || is(query, qlen, NAME))
+	if (!query || metactx_name_is(query, qlen, "base:") || metactx_name_is(query, qlen, NAME))
 		emit(arg, NAME);
 }
 
@@ -29,7 +24,7 @@ static int alloc_open(void *opaque, const struct vt_export *exp,
 		      const char *name, size_t len, void **ctx)
 {
 	*ctx = NULL;
-	return is(name, len, NAME) ? 0 : -ENOENT;
+	return metactx_name_is(name, len, NAME) ? 0 : -ENOENT;
 }
 
 static int alloc_extents(void *ctx, const struct vt_export *exp, uint64_t off,

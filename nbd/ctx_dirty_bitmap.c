@@ -22,11 +22,6 @@ struct bitmap_ctx {
 	uint8_t epoch;
 };
 
-static bool is(const char *s, size_t len, const char *lit)
-{
-	return len == strlen(lit) && memcmp(s, lit, len) == 0;
-}
-
 static void bitmap_list(void *opaque, const struct vt_export *exp,
 			const char *query, size_t qlen, metactx_emit_fn emit, void *arg)
 {
@@ -37,7 +32,7 @@ static void bitmap_list(void *opaque, const struct vt_export *exp,
 	if (!t)
 		return;
 	/* "qemu:" and "qemu:dirty-bitmap:" list everything, as QEMU does. */
-	bool all = !query || is(query, qlen, "qemu:") || is(query, qlen, PREFIX);
+	bool all = !query || metactx_name_is(query, qlen, "qemu:") || metactx_name_is(query, qlen, PREFIX);
 	if (!all && (qlen <= PREFIX_LEN || memcmp(query, PREFIX, PREFIX_LEN) != 0))
 		return;
 	tracker_checkpoints(t, &l);

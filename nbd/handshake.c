@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "deadline.h"
 #include "log.h"
 #include "proto.h"
 #include "server_internal.h"
@@ -35,19 +36,7 @@ struct hs {
 
 static int hs_wait(struct hs *h, short events)
 {
-	for (;;) {
-		uint64_t now = nbd_now_ms();
-		if (now >= h->deadline_ms)
-			return -ETIMEDOUT;
-		struct pollfd p = { .fd = h->fd, .events = events };
-		int n = poll(&p, 1, (int)(h->deadline_ms - now));
-		if (n > 0)
-			return 0;
-		if (n == 0)
-			return -ETIMEDOUT;
-		if (errno != EINTR)
-			return -errno;
-	}
+	return net_wait(h->fd, events, h->deadline_ms);
 }
 
 static int hs_read(struct hs *h, void *buf, size_t len)
@@ -455,7 +444,7 @@ int nbd_handshake(struct nbd_server *srv, int fd, struct nbd_session *s)
 	struct hs h = {
 		.srv = srv,
 		.fd = fd,
-		.deadline_ms = nbd_now_ms() + srv->cfg.handshake_timeout_ms,
+		.deadline_ms = net_now_ms() + srv->cfg.handshake_timeout_ms,
 		.s = s,
 	};
 	uint8_t greeting[18];

@@ -4,6 +4,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+bool metactx_name_is(const char *s, size_t len, const char *lit)
+{
+	return len == strlen(lit) && memcmp(s, lit, len) == 0;
+}
+
 void metactx_registry_init(struct metactx_registry *r)
 {
 	pthread_mutex_init(&r->lock, NULL);

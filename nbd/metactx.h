@@ -55,6 +55,10 @@ struct metactx_registry {
 	size_t n;
 };
 
+/* Does a query or name of `len` bytes (not NUL-terminated on the wire)
+ * equal the literal?  For providers matching their names. */
+bool metactx_name_is(const char *s, size_t len, const char *lit);
+
 void metactx_registry_init(struct metactx_registry *r);
 void metactx_registry_destroy(struct metactx_registry *r);
 int metactx_register(struct metactx_registry *r, const struct metactx_provider *p);

@@ -14,14 +14,6 @@
 #include "log.h"
 #include "server_internal.h"
 
-uint64_t nbd_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 void nbd_server_config_defaults(struct nbd_server_config *cfg)
 {
 	*cfg = (struct nbd_server_config){

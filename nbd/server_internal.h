@@ -76,6 +76,5 @@ void *nbd_worker_main(void *arg);
 /* Called by a worker when a connection has closed. */
 void nbd_server_conn_closed(struct nbd_server *srv);
 
-uint64_t nbd_now_ms(void);
 
 #endif

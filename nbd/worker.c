@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "conn.h"
+#include "deadline.h"
 #include "log.h"
 
 int nbd_transmit_start(struct nbd_worker *w, int fd, struct nbd_session *s)
@@ -79,7 +80,7 @@ static void adopt_incoming(struct nbd_worker *w)
 static void begin_drain(struct nbd_worker *w)
 {
 	w->drain_started = true;
-	w->drain_deadline_ms = nbd_now_ms() + w->srv->cfg.shutdown_grace_ms;
+	w->drain_deadline_ms = net_now_ms() + w->srv->cfg.shutdown_grace_ms;
 	for (struct nbd_conn *c = w->conns; c; c = c->next) {
 		c->draining = true;
 		/* Stop reading; requests already buffered get ESHUTDOWN. */
@@ -121,7 +122,7 @@ void *nbd_worker_main(void *arg)
 		adopt_incoming(w);
 		if (atomic_load(&w->draining) && !w->drain_started)
 			begin_drain(w);
-		if (w->drain_started && nbd_now_ms() >= w->drain_deadline_ms)
+		if (w->drain_started && net_now_ms() >= w->drain_deadline_ms)
 			for (struct nbd_conn *c = w->conns; c; c = c->next)
 				conn_kill(c, "shutdown grace period over");
 
