@@ -72,6 +72,15 @@ static void note(struct faulty *f, char c)
 	pthread_mutex_unlock(&f->lock);
 }
 
+/* How many injected failures fired; the flusher thread counts them. */
+static int fired(struct faulty *f, enum target t)
+{
+	pthread_mutex_lock(&f->lock);
+	int n = f->fired[t];
+	pthread_mutex_unlock(&f->lock);
+	return n;
+}
+
 static int f_pwrite(const struct vt_fsops *ops, int fd, const void *buf, size_t len,
 		    uint64_t off)
 {
@@ -256,7 +265,7 @@ static void test_failed_checkpoint_comes_back_right(void **state)
 	checkpoint(f, "c1");
 	f->fs.fail_sync[T_CHECKPOINTS] = 1;
 	assert_int_equal(tracker_checkpoint(f->t, "c2", NULL), -EIO);
-	assert_int_equal(f->fs.fired[T_CHECKPOINTS], 1);	/* the premise */
+	assert_int_equal(fired(&f->fs, T_CHECKPOINTS), 1);	/* the premise */
 	uint64_t at_c2[NBLOCKS];
 	hash_volume(f, at_c2);
 	tracked_write(f, 5 * MIB, 2);				/* after the attempt */
@@ -308,7 +317,7 @@ static void test_retry_uses_a_new_sequence(void **state)
 	checkpoint(f, "c1");
 	f->fs.fail_sync[T_CHECKPOINTS] = 1;
 	assert_int_equal(tracker_checkpoint(f->t, "c2", NULL), -EIO);
-	assert_int_equal(f->fs.fired[T_CHECKPOINTS], 1);	/* the premise */
+	assert_int_equal(fired(&f->fs, T_CHECKPOINTS), 1);	/* the premise */
 	slot_seqs(f, failed);
 	checkpoint(f, "c2");
 	slot_seqs(f, retried);
@@ -332,9 +341,9 @@ static void test_volume_sync_error_latches(void **state)
 	tracked_write(f, 2 * MIB, 1);
 	checkpoint(f, "c1");
 	f->fs.fail_sync[T_VOLUME] = 1;
-	for (int i = 0; i < 100 && !f->fs.fired[T_VOLUME]; i++)
+	for (int i = 0; i < 100 && !fired(&f->fs, T_VOLUME); i++)
 		flusher_turns(f, 1);
-	assert_int_equal(f->fs.fired[T_VOLUME], 1);		/* the premise */
+	assert_int_equal(fired(&f->fs, T_VOLUME), 1);		/* the premise */
 	flusher_turns(f, 5);					/* later syncs succeed */
 
 	tracker_info(f->t, &info);
