@@ -39,6 +39,7 @@ def read_dev(off, n):
 
 
 meta = os.path.join(work, "meta")
+srv = None
 try:
     r = subprocess.run([VOLTRACK, "init", dev], capture_output=True, text=True)
     t.check(r.returncode != 0 and "--meta" in r.stderr, f"block device needs --meta: {r.stderr}")
@@ -83,6 +84,8 @@ try:
     h.shutdown()
     t.equal(srv.stop(), 0, "server on a block device stops cleanly")
 finally:
+    if srv:
+        srv.cleanup()  # ends the server if still running, removes its directory
     subprocess.run(["losetup", "-d", dev])
     subprocess.run(["rm", "-rf", work])
 t.finish()
