@@ -63,6 +63,18 @@ static void start_flush(struct vt_op *op)
 	submit(op);
 }
 
+/* The data step of a TRIM or WRITE_ZEROES is over: fail, or make it
+ * durable first when the client asked for FUA. */
+static void data_done(struct vt_op *op, int64_t res)
+{
+	if (res < 0)
+		finish(op, (int)res);
+	else if (op->flags & VT_OP_FUA)
+		start_flush(op);
+	else
+		finish(op, 0);
+}
+
 static void zero_done(struct vt_op *op, int64_t res)
 {
 	if (res < 0 && volume_zero_retryable(res)) {
@@ -73,12 +85,7 @@ static void zero_done(struct vt_op *op, int64_t res)
 			fail_zero(op);
 		return;
 	}
-	if (res < 0)
-		finish(op, (int)res);
-	else if (op->flags & VT_OP_FUA)
-		start_flush(op);
-	else
-		finish(op, 0);
+	data_done(op, res);
 }
 
 static void io_done(struct vio_req *io)
@@ -103,12 +110,7 @@ static void io_done(struct vio_req *io)
 	case VT_OP_TRIM:
 		if (res == -EOPNOTSUPP || res == -ENOTTY)
 			res = 0;
-		if (res < 0)
-			finish(op, (int)res);
-		else if (op->flags & VT_OP_FUA)
-			start_flush(op);
-		else
-			finish(op, 0);
+		data_done(op, res);
 		break;
 	case VT_OP_ZERO:
 		zero_done(op, res);

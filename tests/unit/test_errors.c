@@ -166,20 +166,9 @@ static int teardown(void **state)
 	return 0;
 }
 
-static uint64_t block_hash(const uint8_t *p)
-{
-	return ((uint64_t)crc32c(0, p, G) << 32) | crc32c(0x5bd1e995, p, G);
-}
-
 static void hash_volume(struct fixture *f, uint64_t *out)
 {
-	uint8_t *buf = malloc(G);
-
-	for (uint64_t b = 0; b < NBLOCKS; b++) {
-		assert_int_equal(file_pread_full(f->vol->fd, buf, G, b * G), 0);
-		out[b] = block_hash(buf);
-	}
-	free(buf);
+	assert_int_equal(testvol_hash(&f->tv, G, NBLOCKS, out), 0);
 }
 
 struct parked {

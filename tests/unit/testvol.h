@@ -25,6 +25,10 @@ struct testvol {
 int testvol_create(struct testvol *tv, const char *prefix, uint64_t size, uint32_t granularity,
 		   const struct vt_fsops *ops);
 
+/* The test's own reference: a hash of each block of `gran` bytes of
+ * the volume as it reads now, into out[0..nblocks).  0 or -errno. */
+int testvol_hash(const struct testvol *tv, uint32_t gran, uint64_t nblocks, uint64_t *out);
+
 /* Close everything and remove the directory. */
 void testvol_destroy(struct testvol *tv);
 
