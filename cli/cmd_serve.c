@@ -16,6 +16,7 @@
 #include "server.h"
 #include "tracker.h"
 #include "ctl_server.h"
+#include "snapshots.h"
 #include "size.h"
 #include "volume.h"
 
@@ -40,6 +41,7 @@ struct serve_opts {
 	bool read_only;
 	bool no_track;
 	unsigned persist_ms;
+	struct diffstore_config diff;
 	struct nbd_server_config cfg;
 };
 
@@ -56,6 +58,8 @@ static int parse(int argc, char **argv, struct serve_opts *o)
 		{ "read-only", no_argument, NULL, 'r' },
 		{ "no-track", no_argument, NULL, 'n' },
 		{ "persist-interval", required_argument, NULL, 'p' },
+		{ "diff-store", required_argument, NULL, 'D' },
+		{ "diff-limit", required_argument, NULL, 'L' },
 		{ NULL, 0, NULL, 0 },
 	};
 	unsigned v;
@@ -76,6 +80,13 @@ static int parse(int argc, char **argv, struct serve_opts *o)
 			if (v < 10)
 				return cli_usage("serve", "--persist-interval is at least 10 ms");
 			o->persist_ms = v;
+			break;
+		case 'D': o->diff.data_path = optarg; break;
+		case 'L':
+			if (cli_parse_size("--diff-limit", optarg, &o->diff.limit))
+				return EXIT_USAGE;
+			if (o->diff.limit == 0)
+				return cli_usage("serve", "--diff-limit must be more than 0");
 			break;
 		case 'e':
 			if (!strcmp(optarg, "auto"))
@@ -114,6 +125,28 @@ static int parse(int argc, char **argv, struct serve_opts *o)
 		return cli_usage("serve", "serve takes exactly one VOLUME");
 	o->volume = argv[optind];
 	return 0;
+}
+
+/* Every snapshot the metadata holds is served as "snapshot/NAME". */
+static int add_snapshot_exports(struct vt_snapshots *snaps, struct nbd_server *srv)
+{
+	struct checkpoint_list *l = malloc(sizeof(*l));
+	int err = l ? 0 : -ENOMEM;
+
+	if (l)
+		tracker_checkpoints(snaps->tracker, l);
+	for (uint32_t i = 0; !err && i < l->n; i++) {
+		struct vt_export *e;
+		if (!(l->items[i].flags & CKPT_F_SNAPSHOT))
+			continue;
+		err = vt_snapshots_export(snaps, l->items[i].name, &e);
+		if (!err) {
+			err = nbd_server_add_export(srv, e);
+			vt_export_put(e);
+		}
+	}
+	free(l);
+	return err;
 }
 
 /* Open everything the server needs; prints its own errors. */
@@ -226,6 +259,7 @@ int cmd_serve(int argc, char **argv)
 	struct volume *vol = NULL;
 	struct nbd_server *srv = NULL;
 	struct tracker *tracker = NULL;
+	struct vt_snapshots *snaps = NULL;
 	struct ctl_server *ctl = NULL;
 	struct ctl_exports exports = { .add = add_export, .remove = remove_export };
 	char *meta_path = NULL, *unix_path = NULL;
@@ -278,12 +312,26 @@ int cmd_serve(int argc, char **argv)
 		cli_fail("cannot create server: %s", strerror(-err));
 		goto out;
 	}
+	if (tracker && !o.read_only) {
+		err = vt_snapshots_open(md, tracker, vol, &o.diff, &snaps);
+		if (err) {
+			cli_fail("cannot open the snapshots' diff store in %s: %s", meta_path,
+				 err == -EINVAL ? "it was made for another chunk size" :
+				 strerror(-err));
+			goto out;
+		}
+	}
+	struct vt_target tgt = { .vol = vol, .tracker = tracker };
+	if (snaps)
+		vt_snapshots_target(snaps, &tgt);
 	struct vt_export *live = NULL;
-	err = vt_export_volume("", "live volume", vol, tracker, o.read_only, &live);
+	err = vt_export_live("", "live volume", &tgt, o.read_only, &live);
 	if (!err) {
 		err = nbd_server_add_export(srv, live);
 		vt_export_put(live); /* the server holds its own */
 	}
+	if (!err && snaps)
+		err = add_snapshot_exports(snaps, srv);
 	if (err ||
 	    metactx_register(nbd_server_contexts(srv), &metactx_base_allocation) ||
 	    metactx_register(nbd_server_contexts(srv), &metactx_dirty_bitmap)) {
@@ -302,7 +350,8 @@ int cmd_serve(int argc, char **argv)
 		}
 	}
 	if (tracker) {
-		struct ctl_env env = { .tracker = tracker, .md = md, .exports = &exports };
+		struct ctl_env env = { .tracker = tracker, .md = md, .exports = &exports,
+				       .snaps = snaps };
 		char *ctl_path = metadir_file(md, CTL_SOCKET_NAME);
 		exports.arg = srv;
 		err = ctl_path ? ctl_server_start(ctl_path, &env, &ctl) : -ENOMEM;
@@ -333,7 +382,11 @@ int cmd_serve(int argc, char **argv)
 	ctl_server_stop(ctl);
 	ctl = NULL;
 	nbd_server_stop(srv);
-	err = volume_sync(vol, &vt_fsops_posix);
+	/* Copies before the volume: a chunk's copy must never be less
+	 * durable than the overwrite that followed it. */
+	err = snaps ? diffstore_sync(snaps->ds) : 0;
+	if (!err)
+		err = volume_sync(vol, &vt_fsops_posix);
 	if (err) {
 		vt_error("final flush of %s failed: %s; the next start recovers as after a crash",
 			 o.volume, strerror(-err));
@@ -365,6 +418,7 @@ out:
 	if (unix_path)
 		unlink(unix_path);
 	nbd_server_destroy(srv);
+	vt_snapshots_close(snaps);
 	volume_close(vol);
 	metadir_close(md);
 	free(unix_path);

@@ -16,6 +16,7 @@
 #include "commands.h"
 #include "metadir.h"
 #include "ctl_server.h"
+#include "snapshots.h"
 #include "tracker.h"
 #include "volume.h"
 
@@ -39,7 +40,8 @@ static int split_args(int argc, char **argv, const char **volume, const char **m
 		} else {
 			rest[(*nrest)++] = argv[i];
 			/* an option's value must not be taken for VOLUME */
-			if ((!strcmp(argv[i], "--since") || !strcmp(argv[i], "--until")) &&
+			if ((!strcmp(argv[i], "--since") || !strcmp(argv[i], "--until") ||
+			     !strcmp(argv[i], "--hold-timeout-ms")) &&
 			    i + 1 < argc)
 				rest[(*nrest)++] = argv[++i];
 		}
@@ -90,7 +92,23 @@ static int run_offline(const char *volume, const char *meta_path, int argc, char
 		cli_fail("cannot open the change tracker in %s: %s", meta_path, strerror(-err));
 		goto out;
 	}
-	status = ctl_run(&(struct ctl_env){ .tracker = t, .md = md }, argc, argv, stdout);
+	/* With nothing in flight, a snapshot's hold has nothing to drain. */
+	struct vt_snapshots *snaps = NULL;
+	static const char *const snap_cmds[] = { "snapshot", "delete", "list", "status" };
+	for (size_t i = 0; i < sizeof(snap_cmds) / sizeof(snap_cmds[0]); i++)
+		if (!strcmp(argv[0], snap_cmds[i]))
+			err = vt_snapshots_open(md, t, vol, &(struct diffstore_config){ 0 }, &snaps);
+	if (err) {
+		cli_fail("cannot open the snapshots' diff store in %s: %s", meta_path,
+			 strerror(-err));
+		tracker_abandon(t);
+		goto out;
+	}
+	status = ctl_run(&(struct ctl_env){ .tracker = t, .md = md, .snaps = snaps }, argc, argv,
+			 stdout);
+	if (snaps && diffstore_sync(snaps->ds))
+		status = cli_fail("cannot sync the diff store");
+	vt_snapshots_close(snaps);
 	err = tracker_close(t, &id);
 	if (err) {
 		cli_fail("cannot close the change tracker cleanly: %s", strerror(-err));

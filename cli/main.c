@@ -42,6 +42,16 @@ static const char usage[] =
 "      Generation, granularity, clean or recovered state, intent regions set,\n"
 "      metadata size.\n"
 "\n"
+"  snapshot VOLUME NAME [--hold-timeout SEC] [--freeze-cmd CMD] [--thaw-cmd CMD]\n"
+"        [--json]\n"
+"      Take a copy-on-write snapshot and a checkpoint of the same name at one\n"
+"      instant, through a flush-and-hold of at most --hold-timeout seconds\n"
+"      (default 10, counted from the freeze hook).  Served read-only as\n"
+"      export snapshot/NAME.\n"
+"\n"
+"  delete VOLUME NAME\n"
+"      Drop snapshot NAME's data; its checkpoint stays.\n"
+"\n"
 "  check VOLUME\n"
 "      Verify every checksum and structure of the metadata; exit 0 if sound.\n"
 "\n"
@@ -65,7 +75,10 @@ int main(int argc, char **argv)
 		return cmd_init(argc - 1, argv + 1);
 	if (!strcmp(cmd, "serve"))
 		return cmd_serve(argc - 1, argv + 1);
-	static const char *const tracking[] = { "checkpoint", "changes", "list", "status", "check" };
+	if (!strcmp(cmd, "snapshot"))
+		return cmd_snapshot(argc - 1, argv + 1);
+	static const char *const tracking[] = { "checkpoint", "changes", "list", "status", "check",
+						"delete" };
 	for (size_t i = 0; i < sizeof(tracking) / sizeof(tracking[0]); i++)
 		if (!strcmp(cmd, tracking[i]))
 			return cmd_track(argc - 1, argv + 1);

@@ -15,6 +15,8 @@
 #include "mapfile.h"
 #include "metablock.h"
 #include "size.h"
+#include "cmd_snapshot.h"
+#include "snapshots.h"
 
 static int fail(FILE *out, int status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -195,8 +197,30 @@ static int cmd_changes(struct tracker *t, int argc, char **argv, FILE *out)
 	return 0;
 }
 
-static int cmd_list(struct tracker *t, int argc, char **argv, FILE *out)
+/* A checkpoint's snapshot, in words for list: "", "valid" or "invalid". */
+static const char *snap_state(const struct ctl_env *env, const struct checkpoint *c,
+			      uint64_t *bytes, const char **why)
 {
+	struct vt_snap sn;
+
+	*bytes = 0;
+	*why = "";
+	if (!(c->flags & CKPT_F_SNAPSHOT))
+		return "";
+	if (!env->snaps || vt_snapset_get(env->snaps->set, c->name, &sn))
+		return c->flags & CKPT_F_INVALID ? "invalid" : "valid";
+	*bytes = vt_snapset_bytes(env->snaps->set, sn.seq);
+	if (!sn.valid) {
+		static const char lost[] = "it lost a copy of a chunk";
+		*why = sn.why[0] ? "" : lost;
+		return "invalid";
+	}
+	return "valid";
+}
+
+static int cmd_list(const struct ctl_env *env, int argc, char **argv, FILE *out)
+{
+	struct tracker *t = env->tracker;
 	struct opts o;
 	struct checkpoint_list l;
 	uint64_t since[256];
@@ -210,20 +234,44 @@ static int cmd_list(struct tracker *t, int argc, char **argv, FILE *out)
 	if (o.json)
 		fputs("[", out);
 	else if (l.n)
-		fprintf(out, "%-24s %5s  %-20s  %s\n", "NAME", "EPOCH", "CREATED", "CHANGED SINCE");
+		fprintf(out, "%-24s %5s  %-20s  %-22s  %s\n", "NAME", "EPOCH", "CREATED",
+			"CHANGED SINCE", "SNAPSHOT");
 	for (uint32_t i = 0; i < l.n; i++) {
 		const struct checkpoint *c = &l.items[i];
-		char when[32], sz[32];
+		char when[32], sz[32], ch[64];
+		uint64_t bytes;
+		const char *why;
+		const char *st = snap_state(env, c, &bytes, &why);
+		struct vt_snap sn = { 0 };
+		if (env->snaps)
+			vt_snapset_get(env->snaps->set, c->name, &sn);
+		if (!why[0])
+			why = sn.why;
 		iso_time(c->created, when, sizeof(when));
 		if (o.json) {
 			fprintf(out, "%s{\"name\":", i ? "," : "");
 			json_string(out, c->name);
-			fprintf(out, ",\"epoch\":%u,\"created\":\"%s\",\"changed-bytes\":%llu}",
+			fprintf(out, ",\"epoch\":%u,\"created\":\"%s\",\"changed-bytes\":%llu",
 				c->epoch, when, (unsigned long long)since[c->epoch]);
+			if (st[0]) {
+				fprintf(out, ",\"snapshot\":{\"state\":\"%s\",\"export\":\""
+					VT_SNAPSHOT_PREFIX "%s\",\"diff-bytes\":%llu,\"why\":",
+					st, c->name, (unsigned long long)bytes);
+				json_string(out, st[0] == 'i' ? why : "");
+				fputc('}', out);
+			}
+			fputc('}', out);
 		} else {
 			size_format(since[c->epoch], sz, sizeof(sz));
-			fprintf(out, "%-24s %5u  %-20s  %llu (%s)\n", c->name, c->epoch, when,
-				(unsigned long long)since[c->epoch], sz);
+			snprintf(ch, sizeof(ch), "%llu (%s)", (unsigned long long)since[c->epoch], sz);
+			fprintf(out, "%-24s %5u  %-20s  %-22s  ", c->name, c->epoch, when, ch);
+			if (!st[0]) {
+				fputs("-\n", out);
+			} else {
+				size_format(bytes, sz, sizeof(sz));
+				fprintf(out, "%s, %s in the diff store%s%s\n", st, sz,
+					st[0] == 'i' ? ": " : "", st[0] == 'i' ? why : "");
+			}
 		}
 	}
 	if (o.json)
@@ -319,7 +367,11 @@ int ctl_run(const struct ctl_env *env, int argc, char **argv, FILE *out)
 	if (!strcmp(argv[0], "changes"))
 		return cmd_changes(t, argc, argv, out);
 	if (!strcmp(argv[0], "list"))
-		return cmd_list(t, argc, argv, out);
+		return cmd_list(env, argc, argv, out);
+	if (!strcmp(argv[0], "snapshot"))
+		return ctl_snapshot(env, argc, argv, out);
+	if (!strcmp(argv[0], "delete"))
+		return ctl_delete(env, argc, argv, out);
 	if (!strcmp(argv[0], "status"))
 		return cmd_status(t, env->md, argc, argv, out);
 	return fail(out, 2, "unknown command '%s'", argv[0]);

@@ -28,11 +28,15 @@ struct ctl_exports {
 	int (*remove)(void *arg, const char *name);
 };
 
-/* What the commands act on.  exports is NULL when no server runs. */
+struct vt_snapshots;
+
+/* What the commands act on.  exports is NULL when no server runs;
+ * snaps is NULL where snapshots cannot be taken (read-only serve). */
 struct ctl_env {
 	struct tracker *tracker;
 	struct metadir *md;
 	const struct ctl_exports *exports;
+	struct vt_snapshots *snaps;
 };
 
 /* argv[0] is the command.  Writes the answer, or one error line, to out.

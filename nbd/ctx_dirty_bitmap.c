@@ -36,8 +36,11 @@ static void bitmap_list(void *opaque, const struct vt_export *exp,
 	if (!all && (qlen <= PREFIX_LEN || memcmp(query, PREFIX, PREFIX_LEN) != 0))
 		return;
 	tracker_checkpoints(t, &l);
+	unsigned limit = exp->ops->bitmap_limit ? exp->ops->bitmap_limit(exp->impl) : 256;
 	for (uint32_t i = 0; i < l.n; i++) {
 		size_t n = strlen(l.items[i].name);
+		if (l.items[i].epoch >= limit)
+			continue;
 		if (!all && !(qlen - PREFIX_LEN == n &&
 			      memcmp(query + PREFIX_LEN, l.items[i].name, n) == 0))
 			continue;
@@ -62,6 +65,9 @@ static int bitmap_open(void *opaque, const struct vt_export *exp,
 	ckpt[len - PREFIX_LEN] = 0;
 	if (tracker_checkpoint_epoch(t, ckpt, &epoch))
 		return -ENOENT;
+	/* A snapshot answers only for the checkpoints older than itself. */
+	if (exp->ops->bitmap_limit && epoch >= exp->ops->bitmap_limit(exp->impl))
+		return -ENOENT;
 	b = malloc(sizeof(*b));
 	if (!b)
 		return -ENOMEM;
@@ -79,7 +85,9 @@ static int bitmap_extents(void *ctx, const struct vt_export *exp, uint64_t off,
 
 	while (len && n < max) {
 		bool changed;
-		uint64_t run = changemap_run(cm, off, len, b->epoch, &changed);
+		uint64_t run = exp->ops->changed ?
+			exp->ops->changed(exp->impl, b->epoch, off, len, &changed) :
+			changemap_run(cm, off, len, b->epoch, &changed);
 		/* Descriptor lengths are 32 bits; the request's length is too. */
 		if (run > UINT32_MAX - 4095)
 			run = (UINT32_MAX - 4095) & ~(uint64_t)4095;

@@ -11,7 +11,8 @@
 #include "metablock.h"
 
 #define MAGIC "VTRKCKPT"
-/* Entry: epoch (1), name length (1), reserved (6), created (8), name. */
+/* Entry: epoch (1), name length (1), flags (1), reserved (1), snapshot
+ * sequence (4), created (8), name. */
 #define ENTRY_FIXED 16
 #define FILE_BLOCKS 64	/* 254 entries of up to 216 bytes fit in 256 KiB */
 
@@ -59,6 +60,9 @@ static int encode(const struct checkpoint_list *l, uint8_t *payload, uint32_t *n
 		uint64_t created = htole64(c->created);
 		payload[pos] = c->epoch;
 		payload[pos + 1] = (uint8_t)nlen;
+		payload[pos + 2] = c->flags;
+		uint32_t sseq = htole32(c->snap_seq);
+		memcpy(payload + pos + 4, &sseq, 4);
 		memcpy(payload + pos + 8, &created, 8);
 		memcpy(payload + pos + ENTRY_FIXED, c->name, nlen);
 		pos += ENTRY_FIXED + nlen;
@@ -202,6 +206,14 @@ static int load_slot(int fd, const struct superblock *sb, unsigned slot,
 		if (nlen == 0 || nlen > CKPT_NAME_MAX || pos + ENTRY_FIXED + nlen > end)
 			return -EBADMSG;
 		c->epoch = payload[pos];
+		c->flags = payload[pos + 2];
+		uint32_t sseq;
+		memcpy(&sseq, payload + pos + 4, 4);
+		c->snap_seq = le32toh(sseq);
+		/* A flag this version does not know could mean anything about
+		 * the snapshot's content: refuse rather than guess. */
+		if (c->flags & ~CKPT_F_KNOWN)
+			return -EPROTONOSUPPORT;
 		memcpy(&created, payload + pos + 8, 8);
 		c->created = le64toh(created);
 		memcpy(c->name, payload + pos + ENTRY_FIXED, nlen);

@@ -24,9 +24,17 @@
 #define CKPT_MAX 254
 #define CHECKPOINTS_NAME "checkpoints"
 
+/* The checkpoint carries a snapshot (copy-on-write since its instant). */
+#define CKPT_F_SNAPSHOT 1u
+/* ... which has lost a copy, or could not be kept: reads fail. */
+#define CKPT_F_INVALID 2u
+#define CKPT_F_KNOWN (CKPT_F_SNAPSHOT | CKPT_F_INVALID)
+
 struct checkpoint {
 	char name[CKPT_NAME_MAX + 1];
 	uint8_t epoch;
+	uint8_t flags;		/* CKPT_F_* */
+	uint32_t snap_seq;	/* the snapshot's sequence number (diffstore.h) */
 	uint64_t created;	/* unix seconds */
 };
 

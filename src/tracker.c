@@ -678,6 +678,12 @@ void tracker_write_end(struct tracker *t, uint64_t off, uint64_t len)
 
 int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *out)
 {
+	return tracker_checkpoint_flags(t, name, 0, 0, out);
+}
+
+int tracker_checkpoint_flags(struct tracker *t, const char *name, uint8_t flags,
+			     uint32_t snap_seq, struct checkpoint *out)
+{
 	struct checkpoint_list next; /* 54 KiB: the control thread has the stack */
 	int err;
 
@@ -696,6 +702,8 @@ int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *o
 	struct checkpoint *c = &next.items[next.n++];
 	memset(c, 0, sizeof(*c));
 	snprintf(c->name, sizeof(c->name), "%s", name);
+	c->flags = flags;
+	c->snap_seq = snap_seq;
 	c->epoch = next.open_epoch;
 	c->created = (uint64_t)time(NULL);
 	next.open_epoch++;
@@ -725,6 +733,35 @@ int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *o
 	VT_PAUSE_POINT("tracker.checkpoint.stored");
 	atomic_store_explicit(&t->open_epoch, t->ckpts.open_epoch, memory_order_release);
 	doubt_unsynced(t);
+	pthread_mutex_unlock(&t->lock);
+	return err;
+}
+
+int tracker_set_flags(struct tracker *t, const char *name, uint8_t set, uint8_t clear)
+{
+	struct checkpoint_list next; /* 54 KiB: callers have the stack */
+	bool touched;
+	int err = -ENOENT;
+
+	pthread_mutex_lock(&t->lock);
+	next = t->ckpts;
+	for (uint32_t i = 0; i < next.n; i++) {
+		struct checkpoint *c = &next.items[i];
+		if (strcmp(c->name, name))
+			continue;
+		uint8_t flags = (uint8_t)((c->flags | set) & ~clear);
+		if (flags == c->flags) {
+			err = 0;
+			break;
+		}
+		c->flags = flags;
+		err = checkpoints_store(t->dirfd, t->ops, &t->sb, &t->ckpts, &next, &touched);
+		if (!err)
+			t->ckpts = next;
+		else if (touched)
+			t->ckpts.seq++; /* as in tracker_checkpoint: never reuse it */
+		break;
+	}
 	pthread_mutex_unlock(&t->lock);
 	return err;
 }

@@ -119,6 +119,14 @@ void tracker_nudge(struct tracker *t);
  * CKPT_MAX exist. */
 int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *out);
 
+/* The same, with CKPT_F_* flags and a snapshot sequence number stored
+ * in the same durable update: a snapshot and its checkpoint are one. */
+int tracker_checkpoint_flags(struct tracker *t, const char *name, uint8_t flags,
+			     uint32_t snap_seq, struct checkpoint *out);
+
+/* Change a checkpoint's flags durably; -ENOENT for an unknown name. */
+int tracker_set_flags(struct tracker *t, const char *name, uint8_t set, uint8_t clear);
+
 /* A consistent copy of the checkpoint list. */
 void tracker_checkpoints(struct tracker *t, struct checkpoint_list *out);
 

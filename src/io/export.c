@@ -119,14 +119,22 @@ static const struct vt_export_ops live_ops = {
 	.release = live_release,
 };
 
-int vt_export_volume(const char *name, const char *description, struct volume *vol,
-		     struct tracker *tracker, bool read_only, struct vt_export **out)
+int vt_export_live(const char *name, const char *description, const struct vt_target *tgt,
+		   bool read_only, struct vt_export **out)
 {
 	struct live *l = malloc(sizeof(*l));
 
 	if (!l)
 		return -ENOMEM;
-	l->tgt = (struct vt_target){ .vol = vol, .tracker = tracker };
+	l->tgt = *tgt;
 	return vt_export_create(name, description, &live_ops, l,
-				read_only || vol->read_only ? VT_EXPORT_READ_ONLY : 0, out);
+				read_only || tgt->vol->read_only ? VT_EXPORT_READ_ONLY : 0, out);
+}
+
+int vt_export_volume(const char *name, const char *description, struct volume *vol,
+		     struct tracker *tracker, bool read_only, struct vt_export **out)
+{
+	struct vt_target tgt = { .vol = vol, .tracker = tracker };
+
+	return vt_export_live(name, description, &tgt, read_only, out);
 }

@@ -48,6 +48,16 @@ struct vt_export_ops {
 	/* The tracker whose checkpoints describe this export's changes
 	 * (qemu:dirty-bitmap:NAME), or NULL for none. */
 	struct tracker *(*tracker)(void *impl);
+	/*
+	 * For qemu:dirty-bitmap on an export that is not the live volume:
+	 * only checkpoints whose epoch is below bitmap_limit() are offered,
+	 * and changed() answers like changemap_run(): the run at off, at
+	 * most len, whose blocks agree on "changed since epoch `since`".
+	 * NULL for both: every checkpoint, and the tracker's map as it is.
+	 */
+	unsigned (*bitmap_limit)(void *impl);
+	uint64_t (*changed)(void *impl, uint8_t since, uint64_t off, uint64_t len,
+			    bool *changed);
 	/* The last reference is gone: free impl. */
 	void (*release)(void *impl);
 };
@@ -95,5 +105,11 @@ void vt_export_start(struct vt_export *e, struct vt_loop *loop, struct vt_op *op
  */
 int vt_export_volume(const char *name, const char *description, struct volume *vol,
 		     struct tracker *tracker, bool read_only, struct vt_export **out);
+
+/* The same over a whole target: with its gate and snapshots, writes are
+ * held by snapshots' holds and copied on write.  tgt is copied; what it
+ * points to is borrowed. */
+int vt_export_live(const char *name, const char *description, const struct vt_target *tgt,
+		   bool read_only, struct vt_export **out);
 
 #endif

@@ -54,6 +54,16 @@ static int run_resumed(struct vt_loop *l)
 	list = l->resumed;
 	l->resumed = NULL;
 	pthread_mutex_unlock(&l->lock);
+	/* Pushed newest first; run them in the order they were handed back
+	 * (held writes resume in arrival order). */
+	struct vt_parked *fifo = NULL;
+	while (list) {
+		struct vt_parked *p = list;
+		list = p->next;
+		p->next = fifo;
+		fifo = p;
+	}
+	list = fifo;
 	while (list) {
 		struct vt_parked *p = list;
 		list = p->next;

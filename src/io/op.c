@@ -16,6 +16,11 @@ static void finish(struct vt_op *op, int err)
 		op->tracked = false;
 		tracker_write_end(op->tgt->tracker, op->off, op->len);
 	}
+	if (op->gated) {
+		/* Likewise for the gate: a hold waits for exactly this. */
+		op->gated = false;
+		vt_gate_leave(op->tgt->gate);
+	}
 	op->done(op, err);
 }
 
@@ -88,12 +93,18 @@ static void zero_done(struct vt_op *op, int64_t res)
 	data_done(op, res);
 }
 
+static void cow_io_done(struct vt_op *op, int64_t res);
+
 static void io_done(struct vio_req *io)
 {
 	struct vt_op *op = OP_OF(io, io);
 	struct volume *vol = op->tgt->vol;
 	int64_t res = io->res;
 
+	if (op->stage >= VT_STAGE_COW_READ && op->stage <= VT_STAGE_COW_RECORD) {
+		cow_io_done(op, res);
+		return;
+	}
 	if (op->stage == VT_STAGE_FLUSH) {
 		/* A sync error is latched in the volume: this and every later
 		 * FLUSH or FUA op fails, whoever saw the error first. */
@@ -178,6 +189,138 @@ static void start_track(struct vt_op *op)
 	/* else parked: track_resumed() continues on this loop */
 }
 
+/* ---- COW ---- */
+
+static int prep_data(struct vt_op *op);
+
+/* Every chunk is copied (or needs no copy): the data I/O can follow. */
+static void cow_done(struct vt_op *op)
+{
+	/* COW used op->io for its own I/O: prepare the write's again (it
+	 * was accepted once, so it is accepted again). */
+	prep_data(op);
+	start_track(op);
+}
+
+static void cow_next(struct vt_op *op);
+
+static void cow_resumed(struct vt_parked *p, int err)
+{
+	(void)err; /* another writer's copy is over, whatever its outcome */
+	cow_next((struct vt_op *)((char *)p - offsetof(struct vt_op, cow_wait.park)));
+}
+
+static void cow_submit(struct vt_op *op, uint8_t stage, int fd, void *buf, uint64_t len,
+		       uint64_t off)
+{
+	op->stage = stage;
+	op->cow_iov = (struct iovec){ .iov_base = buf, .iov_len = len };
+	op->io = (struct vio_req){ .op = stage == VT_STAGE_COW_READ ? VIO_READ : VIO_WRITE,
+				   .fd = fd, .iov = &op->cow_iov, .iovcnt = 1, .off = off };
+	submit(op);
+}
+
+static void cow_io_done(struct vt_op *op, int64_t res)
+{
+	struct vt_snapset *set = op->tgt->snaps;
+	struct diffstore *ds = set->ds;
+	struct vt_cow_job *job = &op->cow;
+
+	if (res >= 0 && op->stage == VT_STAGE_COW_READ && (uint64_t)res != job->len)
+		res = -EIO; /* the volume shrank under the server */
+	if (res < 0) {
+		/* The snapshot loses, the write goes on (I5). */
+		vt_snapset_publish(set, job, (int)res);
+		cow_next(op);
+		return;
+	}
+	switch (op->stage) {
+	case VT_STAGE_COW_READ:
+		cow_submit(op, VT_STAGE_COW_WRITE, ds->data_fd, job->buf, job->len,
+			   diffstore_slot_offset(ds, job->slot));
+		break;
+	case VT_STAGE_COW_WRITE:
+		/* Copy first, record second: a record never names a slot whose
+		 * data has not reached the kernel. */
+		diffstore_encode(ds, job->slot, &job->rec, op->cow_rec);
+		cow_submit(op, VT_STAGE_COW_RECORD, ds->map_fd, op->cow_rec, DS_RECORD_SIZE,
+			   diffstore_record_offset(job->slot));
+		break;
+	default:
+		/* Both reached the kernel: a kill -9 from here on keeps the
+		 * copy, and only now may the chunk change. */
+		vt_snapset_publish(set, job, 0);
+		cow_next(op);
+		break;
+	}
+}
+
+/* Walk the chunks the write covers, copying those a snapshot needs. */
+static void cow_next(struct vt_op *op)
+{
+	struct vt_snapset *set = op->tgt->snaps;
+	uint64_t last = (op->off + op->len - 1) >> set->chunk_shift;
+
+	while (op->cow_next <= last) {
+		switch (vt_snapset_claim(set, op->cow_next, &op->cow_wait, &op->cow)) {
+		case VT_COW_NONE:
+			op->cow_next++;
+			continue;
+		case VT_COW_WAIT:
+			return; /* cow_resumed() claims the same chunk again */
+		case VT_COW_COPY:
+			op->cow_next++;
+			cow_submit(op, VT_STAGE_COW_READ, op->tgt->vol->fd, op->cow.buf,
+				   op->cow.len, op->cow.off);
+			return;
+		}
+	}
+	cow_done(op);
+}
+
+static void start_cow(struct vt_op *op)
+{
+	if (!vt_snapset_active(op->tgt->snaps)) {
+		/* The hot path when no snapshot is live: this one branch. */
+		start_track(op);
+		return;
+	}
+	op->cow_wait.loop = op->loop;
+	op->cow_wait.park.resume = cow_resumed;
+	op->cow_next = op->off >> op->tgt->snaps->chunk_shift;
+	cow_next(op);
+}
+
+/* ---- GATE ---- */
+
+static void gate_resumed(struct vt_parked *p, int err);
+
+static void start_gate(struct vt_op *op)
+{
+	struct vt_gate *g = op->tgt->gate;
+
+	op->stage = VT_STAGE_GATE;
+	if (!g) {
+		start_cow(op);
+		return;
+	}
+	op->gate_wait.loop = op->loop;
+	op->gate_wait.park.resume = gate_resumed;
+	if (vt_gate_enter(g, &op->gate_wait)) {
+		op->gated = true;
+		start_cow(op);
+	}
+	/* else held: gate_resumed() knocks again after the release */
+}
+
+static void gate_resumed(struct vt_parked *p, int err)
+{
+	struct vt_op *op = (struct vt_op *)((char *)p - offsetof(struct vt_op, gate_wait.park));
+
+	(void)err; /* a held write is never failed */
+	start_gate(op);
+}
+
 /* ---- start ---- */
 
 /* Prepare the first data I/O; -errno when the op cannot be done at all. */
@@ -211,6 +354,7 @@ void vt_op_start(struct vt_loop *loop, const struct vt_target *tgt, struct vt_op
 	op->loop = loop;
 	op->why = NULL;
 	op->tracked = false;
+	op->gated = false;
 	op->zero_step = 0;
 	int err = prep_data(op);
 	if (err) {
@@ -225,5 +369,5 @@ void vt_op_start(struct vt_loop *loop, const struct vt_target *tgt, struct vt_op
 	if (op->type == VT_OP_READ || op->type == VT_OP_FLUSH)
 		start_data(op);
 	else
-		start_track(op); /* the gate, when it exists, comes before */
+		start_gate(op);
 }

@@ -31,22 +31,26 @@
  * Waiting: an op that must wait for another thread parks (op->park, see
  * loop.h) and is resumed on its own loop, where the stage that parked
  * it either continues or completes the op with the error that ended
- * the wait.  Today only tracking parks, until the write's intent region
- * is durable.
+ * the wait.  Three stages park: the gate while a hold lasts, COW while
+ * another write copies the same chunk, and tracking until the write's
+ * intent region is durable.
  *
  * The stages of a write, in order (op->stage):
  *
- *   gate   (to come with snapshots) the volume's hold gate admits the
- *          write or parks it until the hold is released.  First, so that
- *          a held write is neither marked nor counted in flight by the
+ *   GATE   the volume's hold gate (src/snap/gate.h) admits the write or
+ *          parks it until the hold is released.  First, so that a held
+ *          write is neither copied, marked nor counted in flight by the
  *          tracker: it belongs to the epoch after the snapshot, and the
- *          hold drains only writes it admitted.
- *   TRACK  tracker_write_begin; parks until the region's intent is
- *          durable.  From here on, tracking must be ended.
- *   cow    (to come with snapshots) copy the chunks the write covers
- *          from the origin into the diff store before they change; parks
- *          while the copy runs.  After TRACK, so that a write refused
- *          there costs no copy; its own I/O is neither gated nor tracked.
+ *          hold drains only writes it admitted.  From here on, the gate
+ *          must be left.
+ *   COW    while a snapshot is live (src/snap/snapset.h): copy each chunk
+ *          the write covers from the volume into the diff store, and
+ *          write its record, before the chunk changes; parks while
+ *          another write copies the same chunk.  Before TRACK, so that
+ *          the copy keeps the epochs the blocks had at the snapshot
+ *          (TRACK raises them).  Its own I/O is neither gated, tracked
+ *          nor copied.  A failed copy invalidates the snapshot, never
+ *          the write.
  *   DATA   the data I/O; WRITE_ZEROES walks down the volume's ladder of
  *          zeroing methods while the kernel says a method is unsupported.
  *   FLUSH  for FUA TRIM and WRITE_ZEROES: a sync once the data is done
@@ -62,8 +66,11 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "diffstore.h"
+#include "gate.h"
 #include "intent.h"
 #include "loop.h"
+#include "snapset.h"
 #include "vio.h"
 
 struct tracker;
@@ -82,6 +89,10 @@ enum vt_op_type {
 #define VT_OP_FAST	4u	/* ZERO: -ENOTSUP rather than writing zeroes */
 
 enum vt_op_stage {
+	VT_STAGE_GATE,
+	VT_STAGE_COW_READ,	/* the chunk from the volume */
+	VT_STAGE_COW_WRITE,	/* ... into its diff-store slot */
+	VT_STAGE_COW_RECORD,	/* ... and the slot's record */
 	VT_STAGE_TRACK,
 	VT_STAGE_DATA,
 	VT_STAGE_FLUSH,
@@ -91,6 +102,8 @@ enum vt_op_stage {
 struct vt_target {
 	struct volume *vol;
 	struct tracker *tracker;	/* NULL: writes are not tracked */
+	struct vt_gate *gate;		/* NULL: writes are never held */
+	struct vt_snapset *snaps;	/* NULL: no snapshots, no COW */
 };
 
 struct vt_op {
@@ -110,9 +123,16 @@ struct vt_op {
 	uint8_t stage;			/* enum vt_op_stage */
 	uint8_t zero_step;		/* rung of the zeroing ladder */
 	bool tracked;			/* between tracker_write_begin and _end */
+	bool gated;			/* between vt_gate_enter and _leave */
 	struct vio_req io;
 	struct intent_wait intent;	/* TRACK's wait for the committer */
 	struct vt_parked park;
+	struct vt_gate_wait gate_wait;	/* GATE's wait for the release */
+	struct vt_cow_wait cow_wait;	/* COW's wait for another copier */
+	uint64_t cow_next;		/* the next chunk COW looks at */
+	struct vt_cow_job cow;
+	struct iovec cow_iov;
+	uint8_t cow_rec[DS_RECORD_SIZE];
 };
 
 /* Start op on loop's owner thread; see the contract above. */

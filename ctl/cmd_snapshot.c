@@ -1,0 +1,131 @@
+/*
+ * snapshot NAME [--hold-timeout MS] [--json]   and   delete NAME
+ *
+ * Run on the control thread of a live server (or on the metadata when
+ * none runs, where the hold has nothing to drain).  The freeze and thaw
+ * hooks are the CLI's; this is the part between them.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmd_snapshot.h"
+#include "snapshots.h"
+
+static int fail(FILE *out, int status, const char *msg, const char *name, int err)
+{
+	fprintf(out, "voltrack: %s '%s'%s%s\n", msg, name, err ? ": " : "",
+		err ? strerror(-err) : "");
+	return status;
+}
+
+int ctl_snapshot(const struct ctl_env *env, int argc, char **argv, FILE *out)
+{
+	const char *name = NULL;
+	unsigned timeout_ms = 10000;
+	bool json = false;
+
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--json")) {
+			json = true;
+		} else if (!strcmp(argv[i], "--hold-timeout-ms") && i + 1 < argc) {
+			char *end;
+			unsigned long v = strtoul(argv[++i], &end, 10);
+			if (*end || v == 0 || v > 3600000) {
+				fprintf(out, "voltrack: snapshot: bad hold timeout\n");
+				return 2;
+			}
+			timeout_ms = (unsigned)v;
+		} else if (argv[i][0] == '-' || name) {
+			fprintf(out, "voltrack: snapshot: unexpected '%s'\n", argv[i]);
+			return 2;
+		} else {
+			name = argv[i];
+		}
+	}
+	if (!name) {
+		fprintf(out, "voltrack: snapshot takes one NAME\n");
+		return 2;
+	}
+	if (!env->snaps) {
+		fprintf(out, "voltrack: snapshots cannot be taken here (the server is read-only "
+			"or untracked)\n");
+		return 1;
+	}
+	struct vt_snap_phases ph;
+	int err = vt_snapshots_take(env->snaps, name, timeout_ms, &ph);
+	if (err == -EINVAL)
+		return fail(out, 2, "not a valid snapshot name:", name, 0);
+	if (err == -EEXIST)
+		return fail(out, 1, "a checkpoint already exists named", name, 0);
+	if (err == -ETIMEDOUT) {
+		fprintf(out, "voltrack: snapshot '%s' aborted: writes in flight did not drain "
+			"within the %u ms hold timeout; held writes resumed, nothing was kept\n",
+			name, timeout_ms);
+		return 1;
+	}
+	if (err)
+		return fail(out, 1, "cannot take snapshot", name, err);
+	if (env->exports) {
+		struct vt_export *e;
+		err = vt_snapshots_export(env->snaps, name, &e);
+		if (!err) {
+			err = env->exports->add(env->exports->arg, e);
+			vt_export_put(e);
+		}
+		if (err)
+			fprintf(out, "voltrack: snapshot '%s' taken, but exporting it failed: %s\n",
+				name, strerror(-err));
+	}
+	if (json)
+		fprintf(out, "{\"name\":\"%s\",\"export\":\"" VT_SNAPSHOT_PREFIX "%s\","
+			"\"phases-us\":{\"prepare\":%llu,\"hold\":%llu,\"commit\":%llu,"
+			"\"release\":%llu},\"draining\":%ld,\"writes-held\":%u}\n",
+			name, name, (unsigned long long)ph.prepare_us,
+			(unsigned long long)ph.hold_us, (unsigned long long)ph.commit_us,
+			(unsigned long long)ph.release_us, ph.draining, ph.writes_held);
+	else
+		fprintf(out, "snapshot %s taken: prepare %.3f ms, hold %.3f ms (drained %ld), "
+			"commit %.3f ms, release %.3f ms (%u writes held)\n", name,
+			ph.prepare_us / 1e3, ph.hold_us / 1e3, ph.draining, ph.commit_us / 1e3,
+			ph.release_us / 1e3, ph.writes_held);
+	return err ? 1 : 0;
+}
+
+int ctl_delete(const struct ctl_env *env, int argc, char **argv, FILE *out)
+{
+	const char *name = NULL;
+	bool json = false;
+
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--json"))
+			json = true;
+		else if (argv[i][0] == '-' || name)
+			return fprintf(out, "voltrack: delete: unexpected '%s'\n", argv[i]), 2;
+		else
+			name = argv[i];
+	}
+	if (!name)
+		return fprintf(out, "voltrack: delete takes one NAME\n"), 2;
+	if (!env->snaps)
+		return fail(out, 1, "no snapshot named", name, 0);
+	if (env->exports) {
+		char ename[sizeof(VT_SNAPSHOT_PREFIX) + CKPT_NAME_MAX];
+		snprintf(ename, sizeof(ename), VT_SNAPSHOT_PREFIX "%s", name);
+		env->exports->remove(env->exports->arg, ename);
+	}
+	uint64_t freed = 0;
+	int err = vt_snapshots_delete(env->snaps, name, &freed);
+	if (err == -ENOENT)
+		return fail(out, 1, "no snapshot named", name, 0);
+	if (err)
+		return fail(out, 1, "cannot delete snapshot", name, err);
+	if (json)
+		fprintf(out, "{\"name\":\"%s\",\"freed-bytes\":%llu}\n", name,
+			(unsigned long long)freed);
+	else
+		fprintf(out, "snapshot %s deleted, %llu bytes of the diff store freed; checkpoint "
+			"%s kept\n", name, (unsigned long long)freed, name);
+	return 0;
+}

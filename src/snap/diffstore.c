@@ -1,0 +1,291 @@
+#include "diffstore.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "crc32c.h"
+#include "metablock.h"
+
+/*
+ * Header (block 0 of the record file, written once at creation):
+ * magic "VTRKDIFF" (8), version (4), CRC-32C of the 4096 bytes with
+ * this field zero (4), chunk size (4), reserved (4), store id (16).
+ *
+ * Record (64 bytes at 4096 + 64 * slot): magic "VTDR" (4), CRC-32C of
+ * the store id followed by the 64 bytes with this field zero (4), slot
+ * (4), blocks (1), reserved (3), chunk (8), lo (4), hi (4), reserved
+ * (8), epochs (16), reserved (16).  All zeroes: never written.
+ */
+#define HDR_MAGIC "VTRKDIFF"
+#define HDR_VERSION 1
+#define REC_MAGIC "VTDR"
+
+static void put32(uint8_t *p, uint32_t v) { v = htole32(v); memcpy(p, &v, 4); }
+static void put64(uint8_t *p, uint64_t v) { v = htole64(v); memcpy(p, &v, 8); }
+static uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return le32toh(v); }
+static uint64_t get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return le64toh(v); }
+
+static uint32_t rec_crc(const struct diffstore *ds, const uint8_t rec[DS_RECORD_SIZE])
+{
+	uint8_t copy[DS_RECORD_SIZE];
+
+	memcpy(copy, rec, DS_RECORD_SIZE);
+	memset(copy + 4, 0, 4);
+	return crc32c(crc32c(0, ds->id.bytes, sizeof(ds->id.bytes)), copy, DS_RECORD_SIZE);
+}
+
+void diffstore_encode(const struct diffstore *ds, uint32_t slot, const struct ds_record *rec,
+		      uint8_t out[DS_RECORD_SIZE])
+{
+	memset(out, 0, DS_RECORD_SIZE);
+	memcpy(out, REC_MAGIC, 4);
+	put32(out + 8, slot);
+	out[12] = rec->nblocks;
+	put64(out + 16, rec->chunk);
+	put32(out + 24, rec->lo);
+	put32(out + 28, rec->hi);
+	memcpy(out + 40, rec->epochs, DS_MAX_BLOCKS);
+	put32(out + 4, rec_crc(ds, out));
+}
+
+/* 1 valid, 0 never written, -EBADMSG damaged. */
+static int decode(const struct diffstore *ds, uint32_t slot, const uint8_t in[DS_RECORD_SIZE],
+		  struct ds_record *rec)
+{
+	static const uint8_t zero[DS_RECORD_SIZE];
+
+	if (!memcmp(in, zero, DS_RECORD_SIZE))
+		return 0;
+	if (memcmp(in, REC_MAGIC, 4) || get32(in + 4) != rec_crc(ds, in) ||
+	    get32(in + 8) != slot || in[12] == 0 || in[12] > DS_MAX_BLOCKS ||
+	    get32(in + 24) >= get32(in + 28))
+		return -EBADMSG;
+	rec->nblocks = in[12];
+	rec->chunk = get64(in + 16);
+	rec->lo = get32(in + 24);
+	rec->hi = get32(in + 28);
+	memcpy(rec->epochs, in + 40, DS_MAX_BLOCKS);
+	return 1;
+}
+
+static int create_map(int dirfd, const struct vt_fsops *ops, uint32_t chunk_size,
+		      struct vt_uuid *id, int *out)
+{
+	uint8_t *hdr = calloc(1, DS_HEADER_SIZE);
+	int err = hdr ? vt_uuid_generate(id) : -ENOMEM;
+	int fd = -1;
+
+	if (!err) {
+		memcpy(hdr, HDR_MAGIC, 8);
+		put32(hdr + 8, HDR_VERSION);
+		put32(hdr + 16, chunk_size);
+		memcpy(hdr + 24, id->bytes, 16);
+		put32(hdr + 12, crc32c(0, hdr, DS_HEADER_SIZE));
+		fd = openat(dirfd, DS_MAP_NAME ".tmp", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		err = fd < 0 ? -errno : ops->pwrite(ops, fd, hdr, DS_HEADER_SIZE, 0);
+	}
+	free(hdr);
+	if (fd < 0)
+		return err;
+	/* The rename makes it whole or absent; reopen for the store's use. */
+	err = vt_replace_file(ops, dirfd, fd, DS_MAP_NAME ".tmp", DS_MAP_NAME, err);
+	if (err)
+		return err;
+	fd = openat(dirfd, DS_MAP_NAME, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	*out = fd;
+	return 0;
+}
+
+static int read_header(int fd, uint32_t *chunk_size, struct vt_uuid *id)
+{
+	uint8_t *hdr = malloc(DS_HEADER_SIZE);
+	int err = hdr ? file_pread_full(fd, hdr, DS_HEADER_SIZE, 0) : -ENOMEM;
+
+	if (!err) {
+		uint32_t crc = get32(hdr + 12);
+		memset(hdr + 12, 0, 4);
+		if (memcmp(hdr, HDR_MAGIC, 8) || crc != crc32c(0, hdr, DS_HEADER_SIZE))
+			err = -EBADMSG;
+		else if (get32(hdr + 8) > HDR_VERSION)
+			err = -EPROTONOSUPPORT;
+		*chunk_size = get32(hdr + 16);
+		memcpy(id->bytes, hdr + 24, 16);
+	}
+	free(hdr);
+	return err;
+}
+
+int diffstore_open(int dirfd, const struct vt_fsops *ops, const struct diffstore_config *cfg,
+		   uint32_t chunk_size, uint64_t volume_size, struct diffstore **out)
+{
+	struct diffstore *ds = calloc(1, sizeof(*ds));
+	uint32_t have_chunk = chunk_size;
+	struct stat st;
+	int err = 0;
+
+	if (!ds)
+		return -ENOMEM;
+	ds->ops = ops;
+	ds->chunk_size = chunk_size;
+	ds->limit = cfg->limit ? cfg->limit : volume_size;
+	ds->data_fd = ds->map_fd = -1;
+	ds->map_fd = openat(dirfd, DS_MAP_NAME, O_RDWR | O_CLOEXEC);
+	if (ds->map_fd < 0 && errno == ENOENT)
+		err = create_map(dirfd, ops, chunk_size, &ds->id, &ds->map_fd);
+	else if (ds->map_fd < 0)
+		err = -errno;
+	else
+		err = read_header(ds->map_fd, &have_chunk, &ds->id);
+	if (!err && have_chunk != chunk_size)
+		err = -EINVAL;
+	if (!err) {
+		ds->own_path = !cfg->data_path;
+		ds->data_fd = cfg->data_path ?
+			open(cfg->data_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600) :
+			openat(dirfd, DS_DATA_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		if (ds->data_fd < 0)
+			err = -errno;
+	}
+	if (!err && fstat(ds->data_fd, &st) < 0)
+		err = -errno;
+	if (err) {
+		diffstore_close(ds);
+		return err;
+	}
+	ds->file_slots = (uint64_t)st.st_size / chunk_size;
+	*out = ds;
+	return 0;
+}
+
+void diffstore_close(struct diffstore *ds)
+{
+	if (!ds)
+		return;
+	if (ds->data_fd >= 0)
+		close(ds->data_fd);
+	if (ds->map_fd >= 0)
+		close(ds->map_fd);
+	free(ds->free_slots);
+	free(ds);
+}
+
+int diffstore_scan(struct diffstore *ds,
+		   void (*fn)(void *arg, uint32_t slot, const struct ds_record *rec), void *arg)
+{
+	enum { BATCH = 1024 };
+	uint8_t *buf = malloc((size_t)BATCH * DS_RECORD_SIZE);
+	struct stat st;
+	uint64_t nrec;
+
+	if (!buf)
+		return -ENOMEM;
+	if (fstat(ds->map_fd, &st) < 0) {
+		free(buf);
+		return -errno;
+	}
+	nrec = st.st_size > DS_HEADER_SIZE ?
+		((uint64_t)st.st_size - DS_HEADER_SIZE) / DS_RECORD_SIZE : 0;
+	ds->next_slot = 0;
+	for (uint64_t s = 0; s < nrec; s += BATCH) {
+		uint64_t n = nrec - s < BATCH ? nrec - s : BATCH;
+		int err = file_pread_full(ds->map_fd, buf, n * DS_RECORD_SIZE,
+					  diffstore_record_offset((uint32_t)s));
+		if (err) {
+			free(buf);
+			return err;
+		}
+		for (uint64_t i = 0; i < n; i++) {
+			struct ds_record rec;
+			uint32_t slot = (uint32_t)(s + i);
+			int r = decode(ds, slot, buf + i * DS_RECORD_SIZE, &rec);
+			if (r == 0)
+				continue;
+			ds->next_slot = slot + 1;
+			fn(arg, slot, r > 0 ? &rec : NULL);
+		}
+	}
+	free(buf);
+	return 0;
+}
+
+static int push_free(struct diffstore *ds, uint32_t slot)
+{
+	if (ds->nfree == ds->free_cap) {
+		uint64_t cap = ds->free_cap ? ds->free_cap * 2 : 1024;
+		uint32_t *p = realloc(ds->free_slots, cap * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		ds->free_slots = p;
+		ds->free_cap = cap;
+	}
+	ds->free_slots[ds->nfree++] = slot;
+	return 0;
+}
+
+int diffstore_rebuild_free(struct diffstore *ds, const uint8_t *used)
+{
+	ds->nfree = 0;
+	/* Highest first on the stack's bottom: low slots are reused first. */
+	for (uint64_t s = ds->next_slot; s-- > 0;)
+		if (!used || !used[s]) {
+			int err = push_free(ds, (uint32_t)s);
+			if (err)
+				return err;
+		}
+	return 0;
+}
+
+int diffstore_alloc(struct diffstore *ds, uint32_t *slot)
+{
+	if (ds->nfree) {
+		*slot = ds->free_slots[--ds->nfree];
+		return 0;
+	}
+	if ((ds->next_slot + 1) * ds->chunk_size > ds->limit || ds->next_slot >= UINT32_MAX)
+		return -ENOSPC;
+	if (ds->next_slot >= ds->file_slots) {
+		/* Grow a step at a time, never past the limit. */
+		uint64_t want = (ds->next_slot + 1) * ds->chunk_size;
+		uint64_t step = want + DS_GROW_STEP;
+		step -= step % ds->chunk_size;
+		if (step > ds->limit)
+			step = ds->limit - ds->limit % ds->chunk_size;
+		if (fallocate(ds->data_fd, 0, 0, (off_t)step) < 0) {
+			if (errno != ENOSPC && errno != EDQUOT && step > want &&
+			    fallocate(ds->data_fd, 0, 0, (off_t)want) == 0)
+				step = want;
+			else
+				return errno == EDQUOT ? -ENOSPC : -errno;
+		}
+		ds->file_slots = step / ds->chunk_size;
+	}
+	*slot = (uint32_t)ds->next_slot++;
+	return 0;
+}
+
+void diffstore_free(struct diffstore *ds, uint32_t slot)
+{
+	/* Cannot fail for a slot that was handed out: the stack had room for
+	 * every slot below the high mark... except on its first growth. */
+	if (push_free(ds, slot))
+		return; /* leaked until the next start's scan finds it free */
+}
+
+uint64_t diffstore_used_bytes(const struct diffstore *ds)
+{
+	return (ds->next_slot - ds->nfree) * ds->chunk_size;
+}
+
+int diffstore_sync(struct diffstore *ds)
+{
+	int err = ds->ops->fdatasync(ds->ops, ds->data_fd);
+
+	return err ? err : ds->ops->fdatasync(ds->ops, ds->map_fd);
+}

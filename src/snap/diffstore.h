@@ -1,0 +1,115 @@
+/*
+ * diffstore: where copy-on-write keeps the old content of chunks.
+ *
+ * Two files.  The data file (META/diffstore, or --diff-store PATH) holds
+ * chunk copies at slot * chunk_size; it grows by fallocate, a step at a
+ * time, up to a limit, and freed slots are reused before it grows.  The
+ * record file (META/diffstore.map) says what each slot holds: a header
+ * block, then one 64-byte record per slot at a fixed place, so a record
+ * is rewritten in place when its slot is reused and nothing is ever
+ * appended or compacted.  Format and invariants: doc/format.md.
+ *
+ * A record names the chunk, the range of snapshot sequence numbers
+ * (lo, hi] the copy serves, and the epoch each tracking block of the
+ * chunk had in the change map when it was copied.  Whether a slot is in
+ * use is not stored: a slot is used exactly when its record is valid and
+ * some live snapshot's sequence number lies in its range.  Deleting a
+ * snapshot therefore needs no write here; sequence numbers are never
+ * reused, so a stale record can never be taken for a new snapshot's:
+ * the next one is above every live snapshot's and every valid record's
+ * hi, which is all that could name it (snapset.c finds it at the scan).
+ *
+ * Nothing here touches the volume or the gate: diff-store I/O is the
+ * server's own (invariant I3).  Slot allocation and the free list are
+ * guarded by the caller (snapset.c); I/O helpers are thread-safe.
+ */
+#ifndef VOLTRACK_SNAP_DIFFSTORE_H
+#define VOLTRACK_SNAP_DIFFSTORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "fsops.h"
+#include "uuid.h"
+
+#define DS_DATA_NAME "diffstore"
+#define DS_MAP_NAME "diffstore.map"
+#define DS_RECORD_SIZE 64
+#define DS_MAX_BLOCKS 16	/* tracking blocks per chunk */
+#define DS_GROW_STEP (64ull << 20)
+
+struct ds_record {
+	uint64_t chunk;
+	uint32_t lo, hi;		/* serves snapshots with lo < seq <= hi */
+	uint8_t nblocks;
+	uint8_t epochs[DS_MAX_BLOCKS];
+};
+
+struct diffstore {
+	int data_fd, map_fd;
+	const struct vt_fsops *ops;
+	uint32_t chunk_size;
+	uint64_t limit;			/* bytes the data file may reach */
+	uint64_t file_slots;		/* slots the data file has room for */
+	uint64_t next_slot;		/* slots ever handed out (high mark) */
+	uint32_t *free_slots;		/* stack of reusable slots */
+	uint64_t nfree, free_cap;
+	struct vt_uuid id;		/* tags records to this store */
+	bool own_path;			/* data file inside the metadata dir */
+};
+
+struct diffstore_config {
+	const char *data_path;		/* NULL: META/diffstore */
+	uint64_t limit;			/* 0: the volume's size */
+};
+
+/*
+ * Open the store in dirfd, creating it when absent.  chunk_size is fixed
+ * at creation; an existing store with another chunk size is -EINVAL.
+ * The records are not read here (diffstore_scan).
+ */
+int diffstore_open(int dirfd, const struct vt_fsops *ops, const struct diffstore_config *cfg,
+		   uint32_t chunk_size, uint64_t volume_size, struct diffstore **out);
+void diffstore_close(struct diffstore *ds);
+
+/*
+ * Call fn for every valid record, slot by slot, and learn the high mark.
+ * A record that fails its checksum is reported with rec NULL.  Returns 0
+ * or -errno of a failed read.
+ */
+int diffstore_scan(struct diffstore *ds,
+		   void (*fn)(void *arg, uint32_t slot, const struct ds_record *rec), void *arg);
+
+/* Mark slot as in use again after a scan (it is not handed out). */
+void diffstore_mark_used(struct diffstore *ds, uint32_t slot);
+/* After the scan: every slot below the high mark not marked is free. */
+int diffstore_rebuild_free(struct diffstore *ds, const uint8_t *used);
+
+/* A free slot, growing the file when none is free: -ENOSPC at the
+ * limit or when the filesystem is full. */
+int diffstore_alloc(struct diffstore *ds, uint32_t *slot);
+void diffstore_free(struct diffstore *ds, uint32_t slot);
+
+/* Bytes of the data file in use: slots handed out and not free. */
+uint64_t diffstore_used_bytes(const struct diffstore *ds);
+
+static inline uint64_t diffstore_slot_offset(const struct diffstore *ds, uint32_t slot)
+{
+	return (uint64_t)slot * ds->chunk_size;
+}
+
+#define DS_HEADER_SIZE 4096
+
+static inline uint64_t diffstore_record_offset(uint32_t slot)
+{
+	return DS_HEADER_SIZE + (uint64_t)slot * DS_RECORD_SIZE;
+}
+
+/* Encode a record for slot into 64 bytes. */
+void diffstore_encode(const struct diffstore *ds, uint32_t slot, const struct ds_record *rec,
+		      uint8_t out[DS_RECORD_SIZE]);
+
+/* Make copies and records durable (data, then records). */
+int diffstore_sync(struct diffstore *ds);
+
+#endif

@@ -1,0 +1,76 @@
+/*
+ * snapshots: a volume's snapshots, taken through flush-and-hold.
+ *
+ * Ties the gate, the copy-on-write set and the tracker together.  A
+ * snapshot and the checkpoint of the same name are one entry of the
+ * checkpoint list (CKPT_F_SNAPSHOT), stored by one durable update, so
+ * they describe the same instant or neither exists.
+ *
+ * Taking one (vt_snapshots_take), with the phases timed:
+ *   prepare  ask the tracker to persist its map now, so that little is
+ *            left for a crash to over-report; pick the sequence number.
+ *   hold     close the gate and drain the writes it admitted.  Writes
+ *            arriving now are parked, never failed; reads go on; the
+ *            tracker's and the diff store's own I/O never pass the gate.
+ *   commit   store the checkpoint list with the new entry (durable) and
+ *            switch copy-on-write on for it: from here the epoch is
+ *            closed and the first write to any chunk copies it first.
+ *   release  open the gate; held writes resume in arrival order.
+ * At the deadline (the hold timeout) the snapshot is abandoned: nothing
+ * was committed, the writes resume, and -ETIMEDOUT is returned.  Freeze
+ * and thaw hooks are the caller's (the CLI runs them around this).
+ *
+ * All calls come from one controlling thread at a time (the control
+ * socket, or an offline command); write ops come from the loops.
+ */
+#ifndef VOLTRACK_SNAP_SNAPSHOTS_H
+#define VOLTRACK_SNAP_SNAPSHOTS_H
+
+#include <stdint.h>
+
+#include "diffstore.h"
+#include "export.h"
+#include "gate.h"
+#include "snapset.h"
+#include "tracker.h"
+
+struct vt_snapshots {
+	struct tracker *tracker;
+	struct volume *vol;
+	struct diffstore *ds;
+	struct vt_snapset *set;
+	struct vt_gate gate;
+};
+
+struct vt_snap_phases {
+	uint64_t prepare_us, hold_us, commit_us, release_us;
+	unsigned writes_held;		/* parked during the hold */
+	long draining;			/* writes in flight when the hold began */
+};
+
+/*
+ * Open the diff store in md's directory (creating it when absent) and
+ * rebuild copy-on-write state for every snapshot the tracker's
+ * checkpoint list holds.
+ */
+int vt_snapshots_open(struct metadir *md, struct tracker *t, struct volume *vol,
+		      const struct diffstore_config *cfg, struct vt_snapshots **out);
+void vt_snapshots_close(struct vt_snapshots *s);
+
+/* The target the live export's writes go through: gated and copied. */
+void vt_snapshots_target(struct vt_snapshots *s, struct vt_target *tgt);
+
+/* -EEXIST, -EINVAL (name), -ENOSPC, -ETIMEDOUT, or a store's -errno. */
+int vt_snapshots_take(struct vt_snapshots *s, const char *name, unsigned timeout_ms,
+		      struct vt_snap_phases *ph);
+
+/* Drop a snapshot's data; its checkpoint stays, as a plain one.
+ * -ENOENT when NAME has no snapshot.  *freed: diff-store bytes freed. */
+int vt_snapshots_delete(struct vt_snapshots *s, const char *name, uint64_t *freed);
+
+/* The read-only export "snapshot/NAME" (a new reference). */
+int vt_snapshots_export(struct vt_snapshots *s, const char *name, struct vt_export **out);
+
+#define VT_SNAPSHOT_PREFIX "snapshot/"
+
+#endif

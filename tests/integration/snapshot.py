@@ -1,0 +1,363 @@
+#!/usr/bin/python3
+"""Snapshots: exact instants, exact dirty bitmaps, a bounded hold, the
+diff store's accounting, failures that cost the snapshot and never a
+write, restarts.
+
+Every check compares with what this test wrote and kept itself (write
+logs, copies of the volume taken while nothing wrote), never with what
+voltrack says of itself.
+"""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import nbd  # noqa: E402
+from harness import VOLTRACK, Failures, Server  # noqa: E402
+
+F = Failures()
+GRAN = 64 << 10
+BLK = 4096
+
+
+def vt(*args, check=True):
+    p = subprocess.run([VOLTRACK, *args], capture_output=True, text=True)
+    if check and p.returncode:
+        raise RuntimeError(f"voltrack {' '.join(args)}: {p.returncode}\n{p.stderr}{p.stdout}")
+    return p
+
+
+def snap_uri(srv, name):
+    return f"nbd+unix:///snapshot/{name}?socket={srv.sock}"
+
+
+def read_export(srv, name, size):
+    h = srv.connect(name=f"snapshot/{name}")
+    data = bytearray()
+    for off in range(0, size, 1 << 20):
+        data += h.pread(min(1 << 20, size - off), off)
+    h.shutdown()
+    return bytes(data)
+
+
+def dirty_blocks(uri, ctx):
+    """The blocks nbdinfo --map reports dirty, as a set of block numbers."""
+    out = subprocess.run(["nbdinfo", "--json", f"--map={ctx}", uri], check=True,
+                         capture_output=True, text=True).stdout
+    blocks = set()
+    for e in json.loads(out):
+        if e["type"] & 1:
+            blocks.update(range(e["offset"] // GRAN, (e["offset"] + e["length"]) // GRAN))
+    return blocks
+
+
+def differing_blocks(a, b):
+    return {i // GRAN for i in range(0, len(a), GRAN) if a[i:i + GRAN] != b[i:i + GRAN]}
+
+
+def block_payload(conn, seq):
+    head = f"conn {conn} write {seq} ".encode()
+    return (head * (BLK // len(head) + 1))[:BLK]
+
+
+def test_exact_instant():
+    """I2: several connections write, one write at a time, each into its
+    own range; a snapshot in the middle holds exactly a prefix of each
+    connection's log, including every write acknowledged before the
+    command started and none issued after it returned."""
+    size = 16 << 20
+    conns = 4
+    span = size // conns
+    srv = Server(size=size).start()
+    try:
+        logs = [[] for _ in range(conns)]   # (issued_at, acked_at, off)
+        stop = threading.Event()
+        started = threading.Barrier(conns + 1)
+
+        def writer(c):
+            h = srv.connect()
+            rng = random.Random(c)
+            started.wait()
+            seq = 0
+            while not stop.is_set() or seq < 200:
+                off = c * span + rng.randrange(span // BLK) * BLK
+                t0 = time.monotonic()
+                h.pwrite(block_payload(c, seq), off)
+                logs[c].append((t0, time.monotonic(), off))
+                seq += 1
+                if seq > 6000:
+                    break
+            h.shutdown()
+
+        threads = [threading.Thread(target=writer, args=(c,)) for c in range(conns)]
+        for t in threads:
+            t.start()
+        started.wait()
+        time.sleep(0.3)
+        t_start = time.monotonic()
+        p = vt("snapshot", srv.volume, "s", "--json")
+        t_end = time.monotonic()
+        time.sleep(0.2)
+        stop.set()
+        for t in threads:
+            t.join()
+        phases = json.loads(p.stdout)
+        F.check(phases["export"] == "snapshot/s", "snapshot --json names its export")
+        snap = read_export(srv, "s", size)
+
+        for c in range(conns):
+            log = logs[c]
+            lo = sum(1 for (_, acked, _) in log if acked < t_start)
+            hi = sum(1 for (issued, _, _) in log if issued <= t_end)
+            F.check(lo > 0 and len(log) > hi, f"conn {c}: writes before and after the snapshot "
+                    f"({lo} acknowledged before, {len(log) - hi} issued after)")
+            ref = bytearray(span)
+            for k in range(lo):
+                ref[log[k][2] - c * span:log[k][2] - c * span + BLK] = block_payload(c, k)
+            region = snap[c * span:(c + 1) * span]
+            found = None
+            for k in range(lo, hi + 1):
+                if bytes(ref) == region:
+                    found = k
+                    break
+                if k < len(log):
+                    o = log[k][2] - c * span
+                    ref[o:o + BLK] = block_payload(c, k)
+            F.check(found is not None, f"conn {c}: snapshot equals a prefix of the log "
+                    f"between {lo} and {hi} writes")
+
+        # Overwrite the whole origin: the snapshot does not move.
+        h = srv.connect()
+        for off in range(0, size, 1 << 20):
+            h.pwrite(b"\xee" * (1 << 20), off)
+        h.flush()
+        h.shutdown()
+        F.check(read_export(srv, "s", size) == snap,
+                "snapshot reads back bit for bit after the origin is overwritten")
+    finally:
+        srv.stop()
+        srv.cleanup()
+
+
+def test_bitmap_and_accounting():
+    size = 32 << 20
+    srv = Server(size=size).start()
+    try:
+        h = srv.connect()
+        rng = random.Random(7)
+
+        def write_blocks(blocks, fill):
+            for b in blocks:
+                h.pwrite(bytes([fill]) * 8192, b * GRAN + rng.randrange(GRAN // 8192) * 8192)
+            h.flush()
+
+        nblocks = size // GRAN
+        write_blocks(range(nblocks), 0x01)
+        vt("checkpoint", srv.volume, "c")
+        ref_c = srv.read_volume()
+        between_c_a = rng.sample(range(nblocks), 60)
+        write_blocks(between_c_a, 0x02)
+        vt("snapshot", srv.volume, "a")
+        ref_a = srv.read_volume()
+        between_a_b = rng.sample(range(nblocks), 40)
+        write_blocks(between_a_b, 0x03)
+        vt("snapshot", srv.volume, "b")
+        ref_b = srv.read_volume()
+        after_b = rng.sample(range(nblocks), 70)
+        write_blocks(after_b, 0x04)
+        h.shutdown()
+
+        F.check(read_export(srv, "a", size) == ref_a, "snapshot a equals the volume at a")
+        F.check(read_export(srv, "b", size) == ref_b, "snapshot b equals the volume at b")
+        want = differing_blocks(ref_c, ref_a)
+        F.check(len(want) == 60, "the test changed 60 blocks between c and a")
+        F.equal(dirty_blocks(snap_uri(srv, "a"), "qemu:dirty-bitmap:c"), want,
+                "qemu:dirty-bitmap:c on snapshot/a is exactly what changed between c and a")
+        F.equal(dirty_blocks(snap_uri(srv, "b"), "qemu:dirty-bitmap:a"),
+                differing_blocks(ref_a, ref_b),
+                "qemu:dirty-bitmap:a on snapshot/b is exactly what changed between a and b")
+        F.equal(dirty_blocks(snap_uri(srv, "b"), "qemu:dirty-bitmap:c"),
+                differing_blocks(ref_c, ref_b),
+                "qemu:dirty-bitmap:c on snapshot/b is exactly what changed between c and b")
+        ctxs = subprocess.run(["nbdinfo", "--list", "--json", srv.uri], check=True,
+                              capture_output=True, text=True).stdout
+        names = [e["export-name"] for e in json.loads(ctxs)["exports"]]
+        F.check("snapshot/a" in names and "snapshot/b" in names, "NBD_OPT_LIST lists snapshots")
+
+        # Read-only: writes, trims and zeroes are refused with EPERM.
+        sh = srv.connect(name="snapshot/a")
+        sh.set_strict_mode(0)  # send them anyway: the server must refuse
+        for what, fn in (("write", lambda: sh.pwrite(b"x" * 512, 0)),
+                         ("trim", lambda: sh.trim(GRAN, 0)),
+                         ("zero", lambda: sh.zero(GRAN, 0))):
+            try:
+                fn()
+                F.check(False, f"{what} on snapshot/a must fail")
+            except nbd.Error as e:
+                F.check(e.errno == "EPERM" or "EPERM" in str(e) or "not permitted" in str(e),
+                        f"{what} on snapshot/a fails with EPERM ({e})")
+        sh.shutdown()
+
+        # The diff store's accounting, from this test's own write log:
+        # a chunk written between a and b was copied for a alone; one
+        # written only after b is shared by both; one written in both
+        # periods has one copy for each.
+        only_a = set(between_a_b)
+        p = vt("delete", srv.volume, "a", "--json")
+        F.equal(json.loads(p.stdout)["freed-bytes"], len(only_a) * GRAN,
+                "deleting a frees exactly the chunks only a needed")
+        F.check(read_export(srv, "b", size) == ref_b, "snapshot b intact after a is deleted")
+        after_b_set = set(after_b)
+        p = vt("delete", srv.volume, "b", "--json")
+        F.equal(json.loads(p.stdout)["freed-bytes"], len(after_b_set) * GRAN,
+                "deleting b frees every remaining chunk")
+        lst = json.loads(vt("list", srv.volume, "--json").stdout)
+        F.check([c["name"] for c in lst] == ["c", "a", "b"] and
+                not any("snapshot" in c for c in lst),
+                "delete keeps the checkpoints and drops the snapshots")
+    finally:
+        srv.stop()
+        srv.cleanup()
+
+
+def test_hooks_and_timeout():
+    srv = Server(size=8 << 20).start()
+    try:
+        marker = os.path.join(srv.dir, "thawed")
+        errors = []
+        stop = threading.Event()
+
+        def writer():
+            h = srv.connect()
+            n = 0
+            while not stop.is_set():
+                try:
+                    h.pwrite(b"w" * 4096, (n % 2048) * 4096)
+                except nbd.Error as e:
+                    errors.append(str(e))
+                n += 1
+            h.shutdown()
+            errors.append(n)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        time.sleep(0.2)
+        p = vt("snapshot", srv.volume, "slow", "--hold-timeout", "1", "--freeze-cmd",
+               "sleep 5", "--thaw-cmd", f"touch {marker}", check=False)
+        F.check(p.returncode != 0, "a freeze hook that outlives the timeout fails the command")
+        F.check("timeout" in p.stderr, f"and says why in one line ({p.stderr.strip()})")
+        F.check(os.path.exists(marker), "the thaw hook ran after the timeout")
+        p = vt("snapshot", srv.volume, "bad", "--freeze-cmd", "exit 3", "--thaw-cmd",
+               f"rm {marker}", check=False)
+        F.check(p.returncode != 0 and "freeze hook failed" in p.stderr,
+                "a failing freeze hook aborts the snapshot")
+        F.check(os.path.exists(marker), "no thaw after a freeze hook that failed")
+        p = vt("snapshot", srv.volume, "ok", "--freeze-cmd", "true", "--thaw-cmd",
+               f"rm {marker}", "--json")
+        F.check(not os.path.exists(marker), "the thaw hook ran after a good snapshot")
+        stop.set()
+        t.join()
+        count = errors.pop()
+        F.check(count > 100, f"the writer kept writing ({count} writes)")
+        F.equal(errors, [], "no write failed through holds and aborts")
+        names = [c["name"] for c in json.loads(vt("list", srv.volume, "--json").stdout)]
+        F.equal(names, ["ok"], "aborted snapshots leave no checkpoint")
+    finally:
+        srv.stop()
+        srv.cleanup()
+
+
+def test_diff_store_full():
+    """I5: when the diff store is full the snapshot is lost, never a write."""
+    size = 16 << 20
+    srv = Server(size=size, extra=["--diff-limit", "1M"]).start()
+    try:
+        h = srv.connect()
+        for off in range(0, size, 1 << 20):
+            h.pwrite(b"\x01" * (1 << 20), off)
+        h.flush()
+        vt("snapshot", srv.volume, "s")
+        failed = 0
+        for off in range(0, size, GRAN):
+            try:
+                h.pwrite(b"\x02" * 4096, off)
+            except nbd.Error:
+                failed += 1
+        h.flush()
+        h.shutdown()
+        F.equal(failed, 0, "every origin write succeeded with the diff store full")
+        vol = srv.read_volume()
+        F.check(all(vol[o:o + 4096] == b"\x02" * 4096 for o in range(0, size, GRAN)),
+                "and every one of them reached the volume")
+        sh = srv.connect(name="snapshot/s")
+        try:
+            sh.pread(4096, 0)
+            F.check(False, "reading an invalid snapshot must fail")
+        except nbd.Error as e:
+            F.check("EIO" in str(e) or "Input/output" in str(e), f"it fails with EIO ({e})")
+        sh.shutdown()
+        lst = json.loads(vt("list", srv.volume, "--json").stdout)
+        snap = lst[0].get("snapshot", {})
+        F.check(snap.get("state") == "invalid" and "full" in snap.get("why", ""),
+                f"list says the snapshot is invalid and why ({snap})")
+        F.check("no longer valid" in srv.log_text(), "the server logs it")
+    finally:
+        srv.stop()
+        srv.cleanup()
+
+
+def test_restart_and_kill():
+    size = 16 << 20
+    srv = Server(size=size).start()
+    try:
+        h = srv.connect()
+        for off in range(0, size, 1 << 20):
+            h.pwrite(bytes([off >> 20]) * (1 << 20), off)
+        h.flush()
+        vt("snapshot", srv.volume, "s")
+        ref = srv.read_volume()
+        for off in range(0, size, 3 * GRAN):
+            h.pwrite(b"\xaa" * 4096, off)
+        h.shutdown()
+        F.equal(srv.stop(), 0, "clean stop")
+        srv.start()
+        F.check(read_export(srv, "s", size) == ref, "snapshot intact after a clean restart")
+        h = srv.connect()
+        for off in range(GRAN, size, 2 * GRAN):
+            h.pwrite(b"\xbb" * 8192, off)
+        h.shutdown()
+        srv.stop(signal.SIGKILL)
+        srv.start()
+        F.check(read_export(srv, "s", size) == ref, "snapshot intact after kill -9 under COW")
+    finally:
+        srv.stop()
+        srv.cleanup()
+
+
+def test_offline():
+    srv = Server(size=4 << 20)
+    try:
+        with open(srv.volume, "r+b") as f:
+            f.write(b"\x07" * (1 << 20))
+        vt("snapshot", srv.volume, "off")
+        srv.start()
+        h = srv.connect()
+        h.pwrite(b"\x08" * (1 << 20), 0)
+        h.shutdown()
+        F.check(read_export(srv, "off", 1 << 20) == b"\x07" * (1 << 20),
+                "a snapshot taken with no server running holds the volume as it was")
+    finally:
+        srv.stop()
+        srv.cleanup()
+
+
+for test in (test_exact_instant, test_bitmap_and_accounting, test_hooks_and_timeout,
+             test_diff_store_full, test_restart_and_kill, test_offline):
+    print(f"# {test.__name__}", flush=True)
+    test()
+F.finish()
