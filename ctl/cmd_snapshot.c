@@ -81,15 +81,19 @@ int ctl_snapshot(const struct ctl_env *env, int argc, char **argv, FILE *out)
 	if (json)
 		fprintf(out, "{\"name\":\"%s\",\"export\":\"" VT_SNAPSHOT_PREFIX "%s\","
 			"\"phases-us\":{\"prepare\":%llu,\"hold\":%llu,\"commit\":%llu,"
-			"\"release\":%llu},\"draining\":%ld,\"writes-held\":%u}\n",
+			"\"release\":%llu,\"sync\":%llu},\"held-us\":%llu,\"draining\":%ld,"
+			"\"writes-held\":%u}\n",
 			name, name, (unsigned long long)ph.prepare_us,
 			(unsigned long long)ph.hold_us, (unsigned long long)ph.commit_us,
-			(unsigned long long)ph.release_us, ph.draining, ph.writes_held);
+			(unsigned long long)ph.release_us, (unsigned long long)ph.sync_us,
+			(unsigned long long)(ph.hold_us + ph.commit_us + ph.release_us),
+			ph.draining, ph.writes_held);
 	else
-		fprintf(out, "snapshot %s taken: prepare %.3f ms, hold %.3f ms (drained %ld), "
-			"commit %.3f ms, release %.3f ms (%u writes held)\n", name,
-			ph.prepare_us / 1e3, ph.hold_us / 1e3, ph.draining, ph.commit_us / 1e3,
-			ph.release_us / 1e3, ph.writes_held);
+		fprintf(out, "snapshot %s taken: writes held %.3f ms (drain %.3f, commit %.3f, "
+			"release %.3f; %ld in flight, %u parked), prepare %.3f ms, sync %.3f ms\n",
+			name, (ph.hold_us + ph.commit_us + ph.release_us) / 1e3, ph.hold_us / 1e3,
+			ph.commit_us / 1e3, ph.release_us / 1e3, ph.draining, ph.writes_held,
+			ph.prepare_us / 1e3, ph.sync_us / 1e3);
 	return err ? 1 : 0;
 }
 

@@ -126,9 +126,10 @@ out:
 	return err;
 }
 
-int checkpoints_store(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
-		      const struct checkpoint_list *prev, struct checkpoint_list *l,
-		      bool *touched)
+/* Write l into the slot not holding prev, without syncing it. */
+static int write_other_slot(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+			    const struct checkpoint_list *prev, struct checkpoint_list *l,
+			    bool *touched, bool sync)
 {
 	uint8_t *payload = malloc((size_t)SLOT_BLOCKS * MB_PAYLOAD);
 	uint8_t *blk = aligned_alloc(MB_SIZE, MB_SIZE);
@@ -149,7 +150,7 @@ int checkpoints_store(int dirfd, const struct vt_fsops *ops, const struct superb
 	encode(l, payload, &nblocks);
 	*touched = true;
 	err = write_slot(ops, fd, sb, payload, nblocks, slot, prev->seq + 1, blk);
-	if (!err)
+	if (!err && sync)
 		err = ops->fdatasync(ops, fd);
 	close(fd);
 	if (!err) {
@@ -159,6 +160,33 @@ int checkpoints_store(int dirfd, const struct vt_fsops *ops, const struct superb
 out:
 	free(payload);
 	free(blk);
+	return err;
+}
+
+int checkpoints_store(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+		      const struct checkpoint_list *prev, struct checkpoint_list *l,
+		      bool *touched)
+{
+	return write_other_slot(dirfd, ops, sb, prev, l, touched, true);
+}
+
+int checkpoints_write(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+		      const struct checkpoint_list *prev, struct checkpoint_list *l,
+		      bool *touched)
+{
+	return write_other_slot(dirfd, ops, sb, prev, l, touched, false);
+}
+
+int checkpoints_sync(int dirfd, const struct vt_fsops *ops)
+{
+	int fd = openat(dirfd, CHECKPOINTS_NAME, O_WRONLY | O_CLOEXEC);
+	int err;
+
+	if (fd < 0)
+		return -errno;
+	/* Any descriptor of the file will do: writeback is per inode. */
+	err = ops->fdatasync(ops, fd);
+	close(fd);
 	return err;
 }
 

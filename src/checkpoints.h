@@ -67,4 +67,12 @@ int checkpoints_store(int dirfd, const struct vt_fsops *ops, const struct superb
 		      const struct checkpoint_list *prev, struct checkpoint_list *l,
 		      bool *touched);
 
+/* checkpoints_store() in two steps: the slot reaches the kernel, and is
+ * made durable later by checkpoints_sync().  Until then a crash may fall
+ * back to prev, which must be acceptable to the caller. */
+int checkpoints_write(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+		      const struct checkpoint_list *prev, struct checkpoint_list *l,
+		      bool *touched);
+int checkpoints_sync(int dirfd, const struct vt_fsops *ops);
+
 #endif

@@ -676,13 +676,36 @@ void tracker_write_end(struct tracker *t, uint64_t off, uint64_t len)
 	intent_end(t->in, off, len, atomic_fetch_add(&t->tick, 0));
 }
 
+static int add_checkpoint(struct tracker *t, const char *name, uint8_t flags,
+			  uint32_t snap_seq, bool sync, struct checkpoint *out);
+
 int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *out)
 {
-	return tracker_checkpoint_flags(t, name, 0, 0, out);
+	return add_checkpoint(t, name, 0, 0, true, out);
 }
 
 int tracker_checkpoint_flags(struct tracker *t, const char *name, uint8_t flags,
 			     uint32_t snap_seq, struct checkpoint *out)
+{
+	return add_checkpoint(t, name, flags, snap_seq, true, out);
+}
+
+int tracker_checkpoint_staged(struct tracker *t, const char *name, uint8_t flags,
+			      uint32_t snap_seq, struct checkpoint *out)
+{
+	return add_checkpoint(t, name, flags, snap_seq, false, out);
+}
+
+int tracker_checkpoints_sync(struct tracker *t)
+{
+	pthread_mutex_lock(&t->lock);
+	int err = checkpoints_sync(t->dirfd, t->ops);
+	pthread_mutex_unlock(&t->lock);
+	return err;
+}
+
+static int add_checkpoint(struct tracker *t, const char *name, uint8_t flags,
+			  uint32_t snap_seq, bool sync, struct checkpoint *out)
 {
 	struct checkpoint_list next; /* 54 KiB: the control thread has the stack */
 	int err;
@@ -708,7 +731,8 @@ int tracker_checkpoint_flags(struct tracker *t, const char *name, uint8_t flags,
 	c->created = (uint64_t)time(NULL);
 	next.open_epoch++;
 	bool touched;
-	err = checkpoints_store(t->dirfd, t->ops, &t->sb, &t->ckpts, &next, &touched);
+	err = sync ? checkpoints_store(t->dirfd, t->ops, &t->sb, &t->ckpts, &next, &touched) :
+		     checkpoints_write(t->dirfd, t->ops, &t->sb, &t->ckpts, &next, &touched);
 	if (!err) {
 		/* The instant of the checkpoint: writes marked from now on
 		 * belong to the new epoch. */

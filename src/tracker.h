@@ -124,6 +124,18 @@ int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *o
 int tracker_checkpoint_flags(struct tracker *t, const char *name, uint8_t flags,
 			     uint32_t snap_seq, struct checkpoint *out);
 
+/*
+ * The same, but the update only reaches the kernel: the in-memory state
+ * (and the open epoch) change at once, and tracker_checkpoints_sync()
+ * makes it durable.  A crash before that falls back to the list without
+ * it, which is safe: the checkpoint was never acknowledged, and writes
+ * marked in the epoch after it only over-report against that list.
+ * For a snapshot's hold, which must not wait for a sync.
+ */
+int tracker_checkpoint_staged(struct tracker *t, const char *name, uint8_t flags,
+			      uint32_t snap_seq, struct checkpoint *out);
+int tracker_checkpoints_sync(struct tracker *t);
+
 /* Change a checkpoint's flags durably; -ENOENT for an unknown name. */
 int tracker_set_flags(struct tracker *t, const char *name, uint8_t set, uint8_t clear);
 

@@ -122,25 +122,48 @@ int vt_snapshots_take(struct vt_snapshots *s, const char *name, unsigned timeout
 	t2 = mono_us();
 	ph->hold_us = t2 - t1;
 
-	/* commit: one durable update makes checkpoint and snapshot */
+	/*
+	 * commit: one update of the checkpoint list makes checkpoint and
+	 * snapshot.  It only reaches the kernel here; its sync waits until
+	 * after the release, so the hold never waits on the disk's queue.
+	 * Nothing is acknowledged before that sync, and a crash before it
+	 * loses only this snapshot: writes after the release carry the next
+	 * epoch, an over-report against the list that survives, and their
+	 * copies name a sequence number no snapshot will get again.
+	 */
 	if (!err)
-		err = tracker_checkpoint_flags(s->tracker, name, CKPT_F_SNAPSHOT, seq, &c);
+		err = tracker_checkpoint_staged(s->tracker, name, CKPT_F_SNAPSHOT, seq, &c);
 	if (!err) {
 		struct vt_snap sn = { .seq = seq, .epoch = c.epoch, .valid = true,
 				      .created = c.created };
 		memcpy(sn.name, c.name, sizeof(sn.name));
 		err = vt_snapset_add(s->set, &sn);
-		if (err) {
-			/* Cannot happen with the checks above; never leave a
-			 * snapshot on disk that nothing copies for. */
+		if (err) /* cannot happen after the checks above */
 			tracker_set_flags(s->tracker, name, CKPT_F_INVALID, 0);
-		}
 	}
 	t3 = mono_us();
 	ph->commit_us = t3 - t2;
 
 	ph->writes_held = vt_gate_release(&s->gate);
-	ph->release_us = mono_us() - t3;
+	uint64_t t4 = mono_us();
+	ph->release_us = t4 - t3;
+	if (err)
+		return err;
+
+	/* durable: only now is the snapshot there to be acknowledged */
+	err = tracker_checkpoints_sync(s->tracker);
+	ph->sync_us = mono_us() - t4;
+	if (err) {
+		/* Maybe on disk, maybe not: say durably that it is no
+		 * snapshot; failing that, keep copying for it, so that if it
+		 * comes back it is whole. */
+		int e2 = tracker_set_flags(s->tracker, name, 0, CKPT_F_SNAPSHOT);
+		if (!e2)
+			vt_snapset_remove(s->set, name, NULL);
+		vt_error("snapshot '%s' could not be made durable: %s; %s", name, strerror(-err),
+			 e2 ? "it is kept, and copied for, in case it comes back after a restart" :
+			      "it was dropped, its checkpoint stays");
+	}
 	return err;
 }
 

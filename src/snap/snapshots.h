@@ -12,10 +12,12 @@
  *   hold     close the gate and drain the writes it admitted.  Writes
  *            arriving now are parked, never failed; reads go on; the
  *            tracker's and the diff store's own I/O never pass the gate.
- *   commit   store the checkpoint list with the new entry (durable) and
- *            switch copy-on-write on for it: from here the epoch is
- *            closed and the first write to any chunk copies it first.
+ *   commit   write the checkpoint list with the new entry and switch
+ *            copy-on-write on for it: from here the epoch is closed and
+ *            the first write to any chunk copies it first.
  *   release  open the gate; held writes resume in arrival order.
+ *   sync     make the commit durable, outside the hold; only then is
+ *            the snapshot reported taken.
  * At the deadline (the hold timeout) the snapshot is abandoned: nothing
  * was committed, the writes resume, and -ETIMEDOUT is returned.  Freeze
  * and thaw hooks are the caller's (the CLI runs them around this).
@@ -44,6 +46,7 @@ struct vt_snapshots {
 
 struct vt_snap_phases {
 	uint64_t prepare_us, hold_us, commit_us, release_us;
+	uint64_t sync_us;		/* after the release: the commit made durable */
 	unsigned writes_held;		/* parked during the hold */
 	long draining;			/* writes in flight when the hold began */
 };
