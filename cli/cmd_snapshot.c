@@ -12,6 +12,7 @@
  * not fail on its own, so whatever it froze is thawed, also on timeout.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +21,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "checkpoints.h"
 #include "cli.h"
+#include "ctl_server.h"
+#include "volume.h"
 
 static uint64_t mono_ms(void)
 {
@@ -64,10 +68,92 @@ static int run_hook(const char *what, const char *cmd, uint64_t deadline_ms)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+#define GROUP_MAX 64
+
+static int call(const char *sock, const char *a0, const char *a1, const char *a2,
+		const char *a3)
+{
+	char *argv[] = { (char *)a0, (char *)a1, (char *)a2, (char *)a3, NULL };
+	int argc = a2 ? (a3 ? 4 : 3) : 2;
+	int r = ctl_client_call(sock, argc, argv);
+
+	if (r < 0)
+		fprintf(stderr, "voltrack: no server answers on %s (%s); a group snapshot needs "
+			"each volume served\n", sock, strerror(-r));
+	return r < 0 ? 1 : r;
+}
+
+/*
+ * Several volumes at one instant: every server holds (drained), then
+ * each commits, then each releases, so that no write admitted after
+ * any volume's instant precedes another's.  If any step fails, every
+ * volume's hold is aborted, commits taken back, and nothing is kept.
+ */
+static int group_snapshot(const char **vols, int nvols, const char *name, const char *meta,
+			  uint64_t deadline, bool json)
+{
+	char *socks[GROUP_MAX] = { 0 };
+	int status = 0, held = 0, committed = 0;
+
+	if (meta && nvols > 1)
+		return cli_usage("snapshot", "--meta names one directory: it cannot go with "
+				 "several volumes");
+	for (int i = 0; i < nvols && !status; i++) {
+		enum sb_volume_kind kind;
+		uint64_t size;
+		char *m = NULL;
+		int err = volume_probe(vols[i], &kind, &size);
+		if (err)
+			status = cli_fail("cannot open %s: %s", vols[i], strerror(-err));
+		else if (cli_meta_path(vols[i], meta, kind, &m))
+			status = 1;
+		else if (asprintf(&socks[i], "%s/%s", m, CTL_SOCKET_NAME) < 0)
+			status = cli_fail("out of memory");
+		free(m);
+	}
+	for (; !status && held < nvols; held++) {
+		uint64_t now = mono_ms();
+		char ms[24];
+		snprintf(ms, sizeof(ms), "%llu",
+			 (unsigned long long)(now < deadline ? deadline - now : 1));
+		status = call(socks[held], "snapshot-hold", name, ms, NULL);
+		if (status)
+			fprintf(stderr, "voltrack: group snapshot '%s': %s could not be held\n",
+				name, vols[held]);
+	}
+	if (status)
+		held--; /* the one that failed holds nothing */
+	for (; !status && committed < held; committed++)
+		status = call(socks[committed], "snapshot-commit", name, NULL, NULL);
+	if (status) {
+		for (int i = 0; i < held; i++)
+			call(socks[i], "snapshot-abort", name, NULL, NULL);
+		fprintf(stderr, "voltrack: group snapshot '%s' failed: nothing kept on any "
+			"volume\n", name);
+	} else {
+		int failed = 0;
+		for (int i = 0; i < nvols; i++)
+			if (call(socks[i], "snapshot-release", name, json ? "--json" : NULL, NULL))
+				failed++;
+		if (failed) {
+			/* A commit that could not be made durable: the others
+			 * would stand alone, so their snapshots go too. */
+			for (int i = 0; i < nvols; i++)
+				call(socks[i], "delete", name, NULL, NULL);
+			status = cli_fail("group snapshot '%s': %d volume(s) could not make it "
+					  "durable; the snapshots were deleted (checkpoints stay)",
+					  name, failed);
+		}
+	}
+	for (int i = 0; i < nvols; i++)
+		free(socks[i]);
+	return status;
+}
+
 int cmd_snapshot(int argc, char **argv)
 {
-	const char *freeze = NULL, *thaw = NULL, *meta = NULL;
-	const char *args[3];
+	const char *freeze = NULL, *thaw = NULL, *meta = NULL, *group = NULL;
+	const char *args[GROUP_MAX + 1];
 	int nargs = 0;
 	unsigned timeout_s = 10;
 	bool json = false;
@@ -76,6 +162,7 @@ int cmd_snapshot(int argc, char **argv)
 		const char *a = argv[i];
 		const char **slot = !strcmp(a, "--freeze-cmd") ? &freeze :
 				    !strcmp(a, "--thaw-cmd") ? &thaw :
+				    !strcmp(a, "--group") ? &group :
 				    !strcmp(a, "--meta") ? &meta : NULL;
 		if (slot) {
 			if (++i == argc)
@@ -88,14 +175,16 @@ int cmd_snapshot(int argc, char **argv)
 				return cli_usage("snapshot", "--hold-timeout is at least 1 second");
 		} else if (!strcmp(a, "--json")) {
 			json = true;
-		} else if (a[0] == '-' || nargs == 2) {
+		} else if (a[0] == '-' || nargs == GROUP_MAX) {
 			return cli_usage("snapshot", "unexpected '%s'", a);
 		} else {
 			args[nargs++] = a;
 		}
 	}
-	if (nargs != 2)
-		return cli_usage("snapshot", "snapshot takes VOLUME NAME");
+	if (group && !checkpoint_name_valid(group))
+		return cli_usage("snapshot", "'%s' is not a valid snapshot name", group);
+	if (group ? nargs < 1 : nargs != 2)
+		return cli_usage("snapshot", "snapshot takes VOLUME NAME, or VOLUME... --group NAME");
 
 	uint64_t deadline = mono_ms() + (uint64_t)timeout_s * 1000;
 	bool thaw_needed = false;
@@ -111,8 +200,20 @@ int cmd_snapshot(int argc, char **argv)
 			if (t)
 				fprintf(stderr, "voltrack: thaw hook failed (exit %d)\n", t);
 			return cli_fail("snapshot '%s' aborted: the freeze hook outlived the %u s hold "
-					"timeout; no hold was taken, nothing kept", args[1], timeout_s);
+					"timeout; no hold was taken, nothing kept",
+					group ? group : args[1], timeout_s);
 		}
+	}
+	if (group) {
+		int status = group_snapshot(args, nargs, group, meta, deadline, json);
+		if (thaw_needed && thaw) {
+			int t = run_hook("thaw", thaw, 0);
+			if (t) {
+				fprintf(stderr, "voltrack: thaw hook failed (exit %d)\n", t);
+				status = status ? status : 1;
+			}
+		}
+		return status;
 	}
 	uint64_t now = mono_ms();
 	unsigned left = now < deadline ? (unsigned)(deadline - now) : 1;

@@ -20,6 +20,95 @@ static int fail(FILE *out, int status, const char *msg, const char *name, int er
 	return status;
 }
 
+static void report(FILE *out, const char *name, const struct vt_snap_phases *ph, bool json)
+{
+	if (json)
+		fprintf(out, "{\"name\":\"%s\",\"export\":\"" VT_SNAPSHOT_PREFIX "%s\","
+			"\"phases-us\":{\"prepare\":%llu,\"hold\":%llu,\"commit\":%llu,"
+			"\"release\":%llu,\"sync\":%llu},\"held-us\":%llu,\"draining\":%ld,"
+			"\"writes-held\":%u}\n",
+			name, name, (unsigned long long)ph->prepare_us,
+			(unsigned long long)ph->hold_us, (unsigned long long)ph->commit_us,
+			(unsigned long long)ph->release_us, (unsigned long long)ph->sync_us,
+			(unsigned long long)ph->held_us, ph->draining, ph->writes_held);
+	else
+		fprintf(out, "snapshot %s taken: writes held %.3f ms (drain %.3f, commit %.3f, "
+			"release %.3f; %ld in flight, %u parked), prepare %.3f ms, sync %.3f ms\n",
+			name, ph->held_us / 1e3, ph->hold_us / 1e3, ph->commit_us / 1e3,
+			ph->release_us / 1e3, ph->draining, ph->writes_held, ph->prepare_us / 1e3,
+			ph->sync_us / 1e3);
+}
+
+static void publish(const struct ctl_env *env, const char *name, FILE *out)
+{
+	struct vt_export *e;
+
+	if (!env->exports)
+		return;
+	int err = vt_snapshots_export(env->snaps, name, &e);
+	if (!err) {
+		err = env->exports->add(env->exports->arg, e);
+		vt_export_put(e);
+	}
+	if (err)
+		fprintf(out, "voltrack: snapshot '%s' taken, but exporting it failed: %s\n",
+			name, strerror(-err));
+}
+
+/* The steps of a snapshot of several volumes at one instant, which the
+ * CLI drives on every volume's server in turn: snapshot-hold NAME MS,
+ * snapshot-commit NAME, snapshot-release NAME [--json], snapshot-abort
+ * NAME.  Answers are silent on success but for release's report. */
+int ctl_snapshot_step(const struct ctl_env *env, int argc, char **argv, FILE *out)
+{
+	const char *step = argv[0] + strlen("snapshot-");
+	bool json = argc > 2 && !strcmp(argv[argc - 1], "--json");
+	struct vt_snap_phases ph = { 0 };
+	int err;
+
+	if (argc < 2 || (!strcmp(step, "hold") && argc < 3)) {
+		fprintf(out, "voltrack: %s: missing arguments\n", argv[0]);
+		return 2;
+	}
+	const char *name = argv[1];
+	if (!env->snaps) {
+		fprintf(out, "voltrack: snapshots cannot be taken here (the server is read-only "
+			"or untracked)\n");
+		return 1;
+	}
+	if (!strcmp(step, "hold")) {
+		char *end;
+		unsigned long ms = strtoul(argv[2], &end, 10);
+		if (*end || ms == 0 || ms > 3600000) {
+			fprintf(out, "voltrack: snapshot-hold: bad timeout '%s'\n", argv[2]);
+			return 2;
+		}
+		err = vt_snapshots_hold(env->snaps, name, (unsigned)ms, &ph);
+	} else if (!strcmp(step, "commit")) {
+		err = vt_snapshots_commit(env->snaps, name, &ph);
+	} else if (!strcmp(step, "release")) {
+		err = vt_snapshots_release(env->snaps, name, &ph);
+		if (!err) {
+			publish(env, name, out);
+			report(out, name, &ph, json);
+		}
+	} else if (!strcmp(step, "abort")) {
+		err = vt_snapshots_abort(env->snaps, name);
+	} else {
+		fprintf(out, "voltrack: unknown command '%s'\n", argv[0]);
+		return 2;
+	}
+	if (err == -ETIMEDOUT)
+		return fail(out, 1, "hold timed out for snapshot", name, 0);
+	if (err == -EEXIST)
+		return fail(out, 1, "a checkpoint already exists named", name, 0);
+	if (err == -EBUSY)
+		return fail(out, 1, "another snapshot is being taken; not", name, 0);
+	if (err)
+		return fail(out, 1, "snapshot step failed for", name, err);
+	return 0;
+}
+
 int ctl_snapshot(const struct ctl_env *env, int argc, char **argv, FILE *out)
 {
 	const char *name = NULL;
@@ -65,36 +154,13 @@ int ctl_snapshot(const struct ctl_env *env, int argc, char **argv, FILE *out)
 			name, timeout_ms);
 		return 1;
 	}
+	if (err == -EBUSY)
+		return fail(out, 1, "another snapshot is being taken; not", name, 0);
 	if (err)
 		return fail(out, 1, "cannot take snapshot", name, err);
-	if (env->exports) {
-		struct vt_export *e;
-		err = vt_snapshots_export(env->snaps, name, &e);
-		if (!err) {
-			err = env->exports->add(env->exports->arg, e);
-			vt_export_put(e);
-		}
-		if (err)
-			fprintf(out, "voltrack: snapshot '%s' taken, but exporting it failed: %s\n",
-				name, strerror(-err));
-	}
-	if (json)
-		fprintf(out, "{\"name\":\"%s\",\"export\":\"" VT_SNAPSHOT_PREFIX "%s\","
-			"\"phases-us\":{\"prepare\":%llu,\"hold\":%llu,\"commit\":%llu,"
-			"\"release\":%llu,\"sync\":%llu},\"held-us\":%llu,\"draining\":%ld,"
-			"\"writes-held\":%u}\n",
-			name, name, (unsigned long long)ph.prepare_us,
-			(unsigned long long)ph.hold_us, (unsigned long long)ph.commit_us,
-			(unsigned long long)ph.release_us, (unsigned long long)ph.sync_us,
-			(unsigned long long)(ph.hold_us + ph.commit_us + ph.release_us),
-			ph.draining, ph.writes_held);
-	else
-		fprintf(out, "snapshot %s taken: writes held %.3f ms (drain %.3f, commit %.3f, "
-			"release %.3f; %ld in flight, %u parked), prepare %.3f ms, sync %.3f ms\n",
-			name, (ph.hold_us + ph.commit_us + ph.release_us) / 1e3, ph.hold_us / 1e3,
-			ph.commit_us / 1e3, ph.release_us / 1e3, ph.draining, ph.writes_held,
-			ph.prepare_us / 1e3, ph.sync_us / 1e3);
-	return err ? 1 : 0;
+	publish(env, name, out);
+	report(out, name, &ph, json);
+	return 0;
 }
 
 int ctl_delete(const struct ctl_env *env, int argc, char **argv, FILE *out)

@@ -11,6 +11,7 @@
 #include "commands.h"
 
 int ctl_snapshot(const struct ctl_env *env, int argc, char **argv, FILE *out);
+int ctl_snapshot_step(const struct ctl_env *env, int argc, char **argv, FILE *out);
 int ctl_delete(const struct ctl_env *env, int argc, char **argv, FILE *out);
 
 #endif

@@ -370,6 +370,8 @@ int ctl_run(const struct ctl_env *env, int argc, char **argv, FILE *out)
 		return cmd_list(env, argc, argv, out);
 	if (!strcmp(argv[0], "snapshot"))
 		return ctl_snapshot(env, argc, argv, out);
+	if (!strncmp(argv[0], "snapshot-", 9))
+		return ctl_snapshot_step(env, argc, argv, out);
 	if (!strcmp(argv[0], "delete"))
 		return ctl_delete(env, argc, argv, out);
 	if (!strcmp(argv[0], "status"))

@@ -761,6 +761,32 @@ static int add_checkpoint(struct tracker *t, const char *name, uint8_t flags,
 	return err;
 }
 
+int tracker_checkpoint_unstage(struct tracker *t, const char *name)
+{
+	struct checkpoint_list next;
+	bool touched;
+	int err = -ENOENT;
+
+	pthread_mutex_lock(&t->lock);
+	if (t->ckpts.n && !strcmp(t->ckpts.items[t->ckpts.n - 1].name, name)) {
+		next = t->ckpts;
+		next.n--;
+		/* Nothing was marked in the epoch it opened (the gate is held),
+		 * so that epoch can be open again. */
+		next.open_epoch = next.items[next.n].epoch;
+		err = checkpoints_store(t->dirfd, t->ops, &t->sb, &t->ckpts, &next, &touched);
+		if (!err) {
+			t->ckpts = next;
+			atomic_store_explicit(&t->open_epoch, t->ckpts.open_epoch,
+					      memory_order_release);
+		} else if (touched) {
+			t->ckpts.seq++;
+		}
+	}
+	pthread_mutex_unlock(&t->lock);
+	return err;
+}
+
 int tracker_set_flags(struct tracker *t, const char *name, uint8_t set, uint8_t clear)
 {
 	struct checkpoint_list next; /* 54 KiB: callers have the stack */

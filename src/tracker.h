@@ -135,6 +135,10 @@ int tracker_checkpoint_flags(struct tracker *t, const char *name, uint8_t flags,
 int tracker_checkpoint_staged(struct tracker *t, const char *name, uint8_t flags,
 			      uint32_t snap_seq, struct checkpoint *out);
 int tracker_checkpoints_sync(struct tracker *t);
+/* Take back the newest checkpoint, staged and not yet acknowledged,
+ * while no write has been admitted since: durably, with its epoch open
+ * again.  -ENOENT unless NAME is the newest. */
+int tracker_checkpoint_unstage(struct tracker *t, const char *name);
 
 /* Change a checkpoint's flags durably; -ENOENT for an unknown name. */
 int tracker_set_flags(struct tracker *t, const char *name, uint8_t set, uint8_t clear);

@@ -9,6 +9,10 @@
 #include "log.h"
 #include "pause.h"
 
+enum { PENDING_NONE, PENDING_HELD, PENDING_COMMITTED };
+
+static void stop_watchdog(struct vt_snapshots *s);
+
 static uint64_t mono_us(void)
 {
 	struct timespec ts;
@@ -38,6 +42,14 @@ int vt_snapshots_open(struct metadir *md, struct tracker *t, struct volume *vol,
 
 	if (!err)
 		err = vt_gate_init(&s->gate);
+	if (!err) {
+		pthread_mutex_init(&s->lock, NULL);
+		pthread_condattr_t ca;
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&s->cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	if (err) {
 		free(s);
 		free(l);
@@ -82,6 +94,11 @@ void vt_snapshots_close(struct vt_snapshots *s)
 {
 	if (!s)
 		return;
+	if (s->pending.state != PENDING_NONE)
+		vt_snapshots_abort(s, s->pending.name);
+	stop_watchdog(s);
+	pthread_cond_destroy(&s->cond);
+	pthread_mutex_destroy(&s->lock);
 	vt_snapset_close(s->set);
 	diffstore_close(s->ds);
 	vt_gate_destroy(&s->gate);
@@ -94,65 +111,194 @@ void vt_snapshots_target(struct vt_snapshots *s, struct vt_target *tgt)
 	tgt->snaps = s->set;
 }
 
-int vt_snapshots_take(struct vt_snapshots *s, const char *name, unsigned timeout_ms,
-		      struct vt_snap_phases *ph)
+/* ---- the hold, in steps ---- */
+
+/* Under s->lock: undo a commit, open the gate, forget the pending hold. */
+static void abort_locked(struct vt_snapshots *s)
 {
-	struct checkpoint c;
-	uint64_t t0 = mono_us(), t1, t2, t3;
+	struct vt_pending *p = &s->pending;
+
+	if (p->state == PENDING_COMMITTED) {
+		vt_snapset_remove(s->set, p->name, NULL);
+		int err = tracker_checkpoint_unstage(s->tracker, p->name);
+		if (err) {
+			/* Its staged slot may still reach the disk: a snapshot
+			 * that nothing copied for must never come back, so keep
+			 * it whole rather than gone. */
+			struct vt_snap sn = { .seq = p->seq, .epoch = p->epoch, .valid = true,
+					      .created = p->created };
+			memcpy(sn.name, p->name, sizeof(sn.name));
+			vt_snapset_add(s->set, &sn);
+			vt_error("aborting snapshot '%s': cannot take its checkpoint back (%s); "
+				 "it is kept", p->name, strerror(-err));
+		}
+	}
+	p->writes_held = vt_gate_release(&s->gate);
+	p->state = PENDING_NONE;
+	pthread_cond_broadcast(&s->cond);
+}
+
+/* The hold's bound (I4) does not depend on the controller coming back:
+ * at the deadline this thread aborts whatever is still pending. */
+static void *watchdog_main(void *arg)
+{
+	struct vt_snapshots *s = arg;
+	struct vt_pending *p = &s->pending;
+	uint64_t ns = p->deadline_us * 1000;
+	struct timespec ts = { .tv_sec = (time_t)(ns / 1000000000ull),
+			       .tv_nsec = (long)(ns % 1000000000ull) };
+
+	pthread_mutex_lock(&s->lock);
+	while (p->state != PENDING_NONE && !p->watchdog_stop &&
+	       pthread_cond_timedwait(&s->cond, &s->lock, &ts) == 0)
+		;
+	if (p->state != PENDING_NONE && !p->watchdog_stop) {
+		vt_error("snapshot '%s' aborted: not released within its hold timeout", p->name);
+		abort_locked(s);
+		p->timed_out = true;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+static void stop_watchdog(struct vt_snapshots *s)
+{
+	pthread_mutex_lock(&s->lock);
+	bool running = s->pending.watchdog_running;
+	s->pending.watchdog_stop = true;
+	s->pending.watchdog_running = false;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	if (running)
+		pthread_join(s->pending.watchdog, NULL);
+}
+
+static int hold(struct vt_snapshots *s, const char *name, unsigned timeout_ms,
+		struct vt_snap_phases *ph, bool watchdog)
+{
+	struct vt_pending *p = &s->pending;
+	uint8_t ignored;
 	int err;
 
 	memset(ph, 0, sizeof(*ph));
 	if (!checkpoint_name_valid(name))
 		return -EINVAL;
-	uint8_t ignored;
 	if (tracker_checkpoint_epoch(s->tracker, name, &ignored) == 0)
 		return -EEXIST;
-
-	/* prepare: a persist now leaves the hold nothing of the map to do */
+	stop_watchdog(s); /* a finished hold's, if any */
+	pthread_mutex_lock(&s->lock);
+	if (p->state != PENDING_NONE) {
+		pthread_mutex_unlock(&s->lock);
+		return -EBUSY;
+	}
+	uint64_t t0 = mono_us();
+	/* prepare: a persist now leaves little for a crash to over-report */
 	tracker_nudge(s->tracker);
-	uint32_t seq = vt_snapset_next_seq(s->set);
-	t1 = mono_us();
-	ph->prepare_us = t1 - t0;
+	memset(p, 0, sizeof(*p));
+	snprintf(p->name, sizeof(p->name), "%s", name);
+	p->seq = vt_snapset_next_seq(s->set);
+	p->t_hold = mono_us();
+	ph->prepare_us = p->t_hold - t0;
+	p->deadline_us = p->t_hold + (uint64_t)timeout_ms * 1000;
+	p->state = PENDING_HELD;
 
-	/* hold: the deadline counts from the start of the hold */
+	/* hold: close the gate and drain what it admitted */
 	ph->draining = vt_gate_inflight(&s->gate);
-	uint64_t deadline = (t1 + (uint64_t)timeout_ms * 1000) * 1000;
-	err = vt_gate_hold(&s->gate, deadline);
+	err = vt_gate_hold(&s->gate, p->deadline_us * 1000);
 	VT_PAUSE_POINT("snapshots.held");
-	t2 = mono_us();
-	ph->hold_us = t2 - t1;
+	ph->hold_us = mono_us() - p->t_hold;
+	if (err) {
+		abort_locked(s);
+		ph->writes_held = p->writes_held;
+		pthread_mutex_unlock(&s->lock);
+		return err;
+	}
+	if (!watchdog) {
+		/* The caller goes on to commit and release at once. */
+		pthread_mutex_unlock(&s->lock);
+		return 0;
+	}
+	p->watchdog_stop = false;
+	err = -pthread_create(&p->watchdog, NULL, watchdog_main, s);
+	if (err) {
+		abort_locked(s);
+		pthread_mutex_unlock(&s->lock);
+		return err;
+	}
+	p->watchdog_running = true;
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
 
+int vt_snapshots_hold(struct vt_snapshots *s, const char *name, unsigned timeout_ms,
+		      struct vt_snap_phases *ph)
+{
+	return hold(s, name, timeout_ms, ph, true);
+}
+
+int vt_snapshots_commit(struct vt_snapshots *s, const char *name, struct vt_snap_phases *ph)
+{
+	struct vt_pending *p = &s->pending;
+	struct checkpoint c;
+	int err = 0;
+
+	pthread_mutex_lock(&s->lock);
+	uint64_t t0 = mono_us();
+	if (p->state != PENDING_HELD || strcmp(p->name, name))
+		err = p->timed_out && !strcmp(p->name, name) ? -ETIMEDOUT : -ENOENT;
 	/*
-	 * commit: one update of the checkpoint list makes checkpoint and
-	 * snapshot.  It only reaches the kernel here; its sync waits until
-	 * after the release, so the hold never waits on the disk's queue.
-	 * Nothing is acknowledged before that sync, and a crash before it
-	 * loses only this snapshot: writes after the release carry the next
-	 * epoch, an over-report against the list that survives, and their
-	 * copies name a sequence number no snapshot will get again.
+	 * One update of the checkpoint list makes checkpoint and snapshot.
+	 * It only reaches the kernel here; its sync waits until after the
+	 * release (vt_snapshots_release), so the hold never waits on the
+	 * disk's queue.  Nothing is acknowledged before that sync, and a
+	 * crash before it loses only this snapshot: writes after the
+	 * release carry the next epoch, an over-report against the list
+	 * that survives, and their copies name a sequence number no
+	 * snapshot will get again.
 	 */
 	if (!err)
-		err = tracker_checkpoint_staged(s->tracker, name, CKPT_F_SNAPSHOT, seq, &c);
+		err = tracker_checkpoint_staged(s->tracker, name, CKPT_F_SNAPSHOT, p->seq, &c);
 	if (!err) {
-		struct vt_snap sn = { .seq = seq, .epoch = c.epoch, .valid = true,
+		struct vt_snap sn = { .seq = p->seq, .epoch = c.epoch, .valid = true,
 				      .created = c.created };
 		memcpy(sn.name, c.name, sizeof(sn.name));
+		p->epoch = c.epoch;
+		p->created = c.created;
 		err = vt_snapset_add(s->set, &sn);
-		if (err) /* cannot happen after the checks above */
-			tracker_set_flags(s->tracker, name, CKPT_F_INVALID, 0);
+		if (err)
+			tracker_checkpoint_unstage(s->tracker, name);
+		else
+			p->state = PENDING_COMMITTED;
 	}
-	t3 = mono_us();
-	ph->commit_us = t3 - t2;
+	ph->commit_us = mono_us() - t0;
+	pthread_mutex_unlock(&s->lock);
+	return err;
+}
 
-	ph->writes_held = vt_gate_release(&s->gate);
-	uint64_t t4 = mono_us();
-	ph->release_us = t4 - t3;
-	if (err)
+int vt_snapshots_release(struct vt_snapshots *s, const char *name, struct vt_snap_phases *ph)
+{
+	struct vt_pending *p = &s->pending;
+	int err = 0;
+
+	pthread_mutex_lock(&s->lock);
+	uint64_t t0 = mono_us();
+	if (p->state != PENDING_COMMITTED || strcmp(p->name, name)) {
+		err = p->timed_out && !strcmp(p->name, name) ? -ETIMEDOUT : -ENOENT;
+		pthread_mutex_unlock(&s->lock);
 		return err;
+	}
+	ph->writes_held = vt_gate_release(&s->gate);
+	uint64_t t1 = mono_us();
+	ph->release_us = t1 - t0;
+	ph->held_us = t1 - p->t_hold;
+	p->state = PENDING_NONE;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	stop_watchdog(s);
 
 	/* durable: only now is the snapshot there to be acknowledged */
 	err = tracker_checkpoints_sync(s->tracker);
-	ph->sync_us = mono_us() - t4;
+	ph->sync_us = mono_us() - t1;
 	if (err) {
 		/* Maybe on disk, maybe not: say durably that it is no
 		 * snapshot; failing that, keep copying for it, so that if it
@@ -164,6 +310,36 @@ int vt_snapshots_take(struct vt_snapshots *s, const char *name, unsigned timeout
 			 e2 ? "it is kept, and copied for, in case it comes back after a restart" :
 			      "it was dropped, its checkpoint stays");
 	}
+	return err;
+}
+
+int vt_snapshots_abort(struct vt_snapshots *s, const char *name)
+{
+	struct vt_pending *p = &s->pending;
+	int err = 0;
+
+	pthread_mutex_lock(&s->lock);
+	if (p->state == PENDING_NONE || strcmp(p->name, name))
+		err = p->timed_out && !strcmp(p->name, name) ? 0 : -ENOENT;
+	else
+		abort_locked(s);
+	pthread_mutex_unlock(&s->lock);
+	stop_watchdog(s);
+	return err;
+}
+
+int vt_snapshots_take(struct vt_snapshots *s, const char *name, unsigned timeout_ms,
+		      struct vt_snap_phases *ph)
+{
+	/* One caller runs every step now: no watchdog thread to wait for. */
+	int err = hold(s, name, timeout_ms, ph, false);
+
+	if (!err)
+		err = vt_snapshots_commit(s, name, ph);
+	if (!err)
+		err = vt_snapshots_release(s, name, ph);
+	else if (err != -EINVAL && err != -EEXIST && err != -EBUSY)
+		vt_snapshots_abort(s, name);
 	return err;
 }
 

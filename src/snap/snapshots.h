@@ -28,6 +28,8 @@
 #ifndef VOLTRACK_SNAP_SNAPSHOTS_H
 #define VOLTRACK_SNAP_SNAPSHOTS_H
 
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "diffstore.h"
@@ -36,16 +38,34 @@
 #include "snapset.h"
 #include "tracker.h"
 
+/* A hold in progress, between vt_snapshots_hold() and its end. */
+struct vt_pending {
+	int state;
+	char name[CKPT_NAME_MAX + 1];
+	uint32_t seq;
+	uint8_t epoch;
+	uint64_t created;
+	uint64_t t_hold, deadline_us;	/* CLOCK_MONOTONIC */
+	unsigned writes_held;
+	bool timed_out;			/* the watchdog ended it */
+	pthread_t watchdog;
+	bool watchdog_running, watchdog_stop;
+};
+
 struct vt_snapshots {
 	struct tracker *tracker;
 	struct volume *vol;
 	struct diffstore *ds;
 	struct vt_snapset *set;
 	struct vt_gate gate;
+	pthread_mutex_t lock;		/* pending */
+	pthread_cond_t cond;
+	struct vt_pending pending;
 };
 
 struct vt_snap_phases {
 	uint64_t prepare_us, hold_us, commit_us, release_us;
+	uint64_t held_us;		/* writers stopped: hold to release */
 	uint64_t sync_us;		/* after the release: the commit made durable */
 	unsigned writes_held;		/* parked during the hold */
 	long draining;			/* writes in flight when the hold began */
@@ -66,6 +86,22 @@ void vt_snapshots_target(struct vt_snapshots *s, struct vt_target *tgt);
 /* -EEXIST, -EINVAL (name), -ENOSPC, -ETIMEDOUT, or a store's -errno. */
 int vt_snapshots_take(struct vt_snapshots *s, const char *name, unsigned timeout_ms,
 		      struct vt_snap_phases *ph);
+
+/*
+ * The same in steps, for snapshots of several volumes at one instant
+ * (each volume's server holds, then each commits, then each releases).
+ * vt_snapshots_hold() returns with the gate held and drained, and arms
+ * a watchdog: if release or abort has not come by the deadline, the
+ * hold is aborted on its own (I4) and later steps get -ETIMEDOUT.
+ * Commit leaves the gate held; release opens it and makes the commit
+ * durable; abort takes a commit back (durably) and opens the gate.  One
+ * hold at a time: -EBUSY.
+ */
+int vt_snapshots_hold(struct vt_snapshots *s, const char *name, unsigned timeout_ms,
+		      struct vt_snap_phases *ph);
+int vt_snapshots_commit(struct vt_snapshots *s, const char *name, struct vt_snap_phases *ph);
+int vt_snapshots_release(struct vt_snapshots *s, const char *name, struct vt_snap_phases *ph);
+int vt_snapshots_abort(struct vt_snapshots *s, const char *name);
 
 /* Drop a snapshot's data; its checkpoint stays, as a plain one.
  * -ENOENT when NAME has no snapshot.  *freed: diff-store bytes freed. */

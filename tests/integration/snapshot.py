@@ -356,7 +356,97 @@ def test_offline():
         srv.cleanup()
 
 
-for test in (test_exact_instant, test_bitmap_and_accounting, test_hooks_and_timeout,
+def ctl(srv, *args):
+    """One control-socket request, as the CLI sends it: (status, text)."""
+    import socket
+    c = socket.socket(socket.AF_UNIX)
+    c.connect(os.path.join(srv.meta, "control.sock"))
+    c.sendall(b"".join(a.encode() + b"\0" for a in args))
+    c.shutdown(socket.SHUT_WR)
+    data = b""
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        data += d
+    c.close()
+    return data[0] - ord("0"), data[1:].decode()
+
+
+def test_group():
+    """Two volumes at one instant: a writer writes A then, once A is
+    acknowledged, B.  In every group snapshot, B's write implies A's."""
+    size = 8 << 20
+    a, b = Server(size=size).start(), Server(size=size).start()
+    try:
+        stop = threading.Event()
+        count = [0]
+
+        def writer():
+            ha, hb = a.connect(), b.connect()
+            i = 0
+            while not stop.is_set() and i < size // BLK:
+                ha.pwrite(block_payload(0, i), i * BLK)
+                hb.pwrite(block_payload(1, i), i * BLK)
+                i += 1
+            count[0] = i
+            ha.shutdown()
+            hb.shutdown()
+
+        t = threading.Thread(target=writer)
+        t.start()
+        names = []
+        for k in range(8):
+            time.sleep(0.05)
+            names.append(f"g{k}")
+            vt("snapshot", a.volume, b.volume, "--group", names[-1])
+        stop.set()
+        t.join()
+        F.check(count[0] > 50, f"the writer wrote ({count[0]} pairs)")
+
+        def last_index(srv, conn, name):
+            data = read_export(srv, name, size)
+            n = 0
+            while n < size // BLK and data[n * BLK:(n + 1) * BLK] == block_payload(conn, n):
+                n += 1
+            return n
+
+        ok = True
+        for name in names:
+            na, nb = last_index(a, 0, name), last_index(b, 1, name)
+            ok &= F.check(nb <= na, f"group {name}: B holds {nb} writes, A {na}")
+        F.check(ok and len(names) == 8, "every group snapshot is mutually consistent")
+
+        # One volume cannot take part: nothing is kept on any.
+        vt("checkpoint", b.volume, "clash")
+        p = vt("snapshot", a.volume, b.volume, "--group", "clash", check=False)
+        F.check(p.returncode != 0 and "nothing kept" in p.stderr,
+                "a group that fails on one volume fails as a whole")
+        F.check(not any(c["name"] == "clash" for c in
+                        json.loads(vt("list", a.volume, "--json").stdout)),
+                "and keeps nothing on the others")
+
+        # A hold nobody releases ends at its deadline on its own (I4).
+        st, text = ctl(a, "snapshot-hold", "orphan", "300")
+        F.equal(st, 0, f"snapshot-hold answers once drained ({text.strip()})")
+        h = a.connect()
+        t0 = time.monotonic()
+        h.pwrite(b"z" * 4096, 0)   # parked until the watchdog releases
+        waited = time.monotonic() - t0
+        h.shutdown()
+        F.check(0.1 < waited < 5, f"a write waited for the abandoned hold ({waited:.3f} s)")
+        st, text = ctl(a, "snapshot-commit", "orphan")
+        F.check(st != 0 and "timed out" in text, f"a late commit is refused ({text.strip()})")
+        F.check(not any(c["name"] == "orphan" for c in
+                        json.loads(vt("list", a.volume, "--json").stdout)),
+                "the abandoned hold left no checkpoint")
+    finally:
+        for s in (a, b):
+            s.stop()
+            s.cleanup()
+
+
+for test in (test_exact_instant, test_group, test_bitmap_and_accounting, test_hooks_and_timeout,
              test_diff_store_full, test_restart_and_kill, test_offline):
     print(f"# {test.__name__}", flush=True)
     test()
