@@ -313,11 +313,12 @@ int cmd_serve(int argc, char **argv)
 		goto out;
 	}
 	if (tracker && !o.read_only) {
-		err = vt_snapshots_open(md, tracker, vol, &o.diff, &snaps);
+		err = vt_snapshots_open(md, tracker, vol, &o.diff, true, &snaps);
 		if (err) {
 			cli_fail("cannot open the snapshots' diff store in %s: %s", meta_path,
 				 err == -EINVAL ? "it was made for another chunk size" :
-				 strerror(-err));
+				 err == -EXDEV ? "its data file belongs to another diff store "
+						 "(another --diff-store?)" : strerror(-err));
 			goto out;
 		}
 	}

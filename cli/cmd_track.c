@@ -97,7 +97,8 @@ static int run_offline(const char *volume, const char *meta_path, int argc, char
 	static const char *const snap_cmds[] = { "snapshot", "delete", "list", "status" };
 	for (size_t i = 0; i < sizeof(snap_cmds) / sizeof(snap_cmds[0]); i++)
 		if (!strcmp(argv[0], snap_cmds[i]))
-			err = vt_snapshots_open(md, t, vol, &(struct diffstore_config){ 0 }, &snaps);
+			err = vt_snapshots_open(md, t, vol, &(struct diffstore_config){ 0 }, false,
+						&snaps);
 	if (err) {
 		cli_fail("cannot open the snapshots' diff store in %s: %s", meta_path,
 			 strerror(-err));

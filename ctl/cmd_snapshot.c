@@ -180,17 +180,18 @@ int ctl_delete(const struct ctl_env *env, int argc, char **argv, FILE *out)
 		return fprintf(out, "voltrack: delete takes one NAME\n"), 2;
 	if (!env->snaps)
 		return fail(out, 1, "no snapshot named", name, 0);
-	if (env->exports) {
-		char ename[sizeof(VT_SNAPSHOT_PREFIX) + CKPT_NAME_MAX];
-		snprintf(ename, sizeof(ename), VT_SNAPSHOT_PREFIX "%s", name);
-		env->exports->remove(env->exports->arg, ename);
-	}
 	uint64_t freed = 0;
 	int err = vt_snapshots_delete(env->snaps, name, &freed);
 	if (err == -ENOENT)
 		return fail(out, 1, "no snapshot named", name, 0);
 	if (err)
 		return fail(out, 1, "cannot delete snapshot", name, err);
+	/* Unlisted once gone (a connection still open reads EIO). */
+	if (env->exports) {
+		char ename[sizeof(VT_SNAPSHOT_PREFIX) + CKPT_NAME_MAX];
+		snprintf(ename, sizeof(ename), VT_SNAPSHOT_PREFIX "%s", name);
+		env->exports->remove(env->exports->arg, ename);
+	}
 	if (json)
 		fprintf(out, "{\"name\":\"%s\",\"freed-bytes\":%llu}\n", name,
 			(unsigned long long)freed);

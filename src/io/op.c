@@ -268,11 +268,20 @@ static void cow_next(struct vt_op *op)
 			continue;
 		case VT_COW_WAIT:
 			return; /* cow_resumed() claims the same chunk again */
-		case VT_COW_COPY:
+		case VT_COW_COPY: {
 			op->cow_next++;
+			/* Before its first I/O: the copies-pending mark must be
+			 * durable (diffstore.h), or a power cut could leave the
+			 * overwrite on disk and no sign that its copy is not. */
+			int err = diffstore_copy_begin(set->ds);
+			if (err) {
+				vt_snapset_publish(set, &op->cow, err);
+				continue;
+			}
 			cow_submit(op, VT_STAGE_COW_READ, op->tgt->vol->fd, op->cow.buf,
 				   op->cow.len, op->cow.off);
 			return;
+		}
 		}
 	}
 	cow_done(op);

@@ -3,6 +3,7 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -76,7 +77,7 @@ static int decode(const struct diffstore *ds, uint32_t slot, const uint8_t in[DS
 static int create_map(int dirfd, const struct vt_fsops *ops, uint32_t chunk_size,
 		      struct vt_uuid *id, int *out)
 {
-	uint8_t *hdr = calloc(1, DS_HEADER_SIZE);
+	uint8_t *hdr = calloc(1, DS_STATE_OFFSET);
 	int err = hdr ? vt_uuid_generate(id) : -ENOMEM;
 	int fd = -1;
 
@@ -85,9 +86,9 @@ static int create_map(int dirfd, const struct vt_fsops *ops, uint32_t chunk_size
 		put32(hdr + 8, HDR_VERSION);
 		put32(hdr + 16, chunk_size);
 		memcpy(hdr + 24, id->bytes, 16);
-		put32(hdr + 12, crc32c(0, hdr, DS_HEADER_SIZE));
+		put32(hdr + 12, crc32c(0, hdr, DS_STATE_OFFSET));
 		fd = openat(dirfd, DS_MAP_NAME ".tmp", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		err = fd < 0 ? -errno : ops->pwrite(ops, fd, hdr, DS_HEADER_SIZE, 0);
+		err = fd < 0 ? -errno : ops->pwrite(ops, fd, hdr, DS_STATE_OFFSET, 0);
 	}
 	free(hdr);
 	if (fd < 0)
@@ -103,15 +104,137 @@ static int create_map(int dirfd, const struct vt_fsops *ops, uint32_t chunk_size
 	return 0;
 }
 
+/*
+ * The mark (4096 bytes at 4096 in the record file): magic "VTRKDSTA"
+ * (8), CRC-32C of the block with this field zero (4), pending (4: 1
+ * set, 0 clear), boot id (40, text as the kernel gives it).  Never
+ * written, or damaged: read as set under an unknown boot, which doubts
+ * the copies (a damaged mark cannot say they were synced) only when
+ * there are copies at all.
+ */
+#define MARK_MAGIC "VTRKDSTA"
+
+static int read_boot_id(const char *path, char out[40])
+{
+	int fd = open(path ? path : "/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	memset(out, 0, 40);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, out, 39);
+	close(fd);
+	if (n <= 0)
+		return n < 0 ? -errno : -EIO;
+	out[strcspn(out, "\n")] = 0;
+	return 0;
+}
+
+static int write_mark(struct diffstore *ds, bool pending)
+{
+	uint8_t *blk = calloc(1, 4096);
+	int err;
+
+	if (!blk)
+		return -ENOMEM;
+	memcpy(blk, MARK_MAGIC, 8);
+	put32(blk + 12, pending ? 1 : 0);
+	memcpy(blk + 16, ds->boot_id, 40);
+	put32(blk + 8, crc32c(0, blk, 4096));
+	err = ds->ops->pwrite(ds->ops, ds->map_fd, blk, 4096, DS_STATE_OFFSET);
+	if (!err)
+		err = ds->ops->fdatasync(ds->ops, ds->map_fd);
+	free(blk);
+	return err;
+}
+
+static void read_mark(struct diffstore *ds)
+{
+	uint8_t *blk = malloc(4096);
+	static const uint8_t zero[16];
+
+	ds->found_pending = false;
+	if (!blk)
+		return;
+	if (file_pread_full(ds->map_fd, blk, 4096, DS_STATE_OFFSET) == 0) {
+		uint32_t crc = get32(blk + 8);
+		memset(blk + 8, 0, 4);
+		if (!memcmp(blk, zero, 16) && crc == 0) {
+			/* never written: no copy was ever made under a mark */
+		} else if (memcmp(blk, MARK_MAGIC, 8) || crc != crc32c(0, blk, 4096)) {
+			ds->found_pending = true; /* damaged: doubt */
+		} else if (get32(blk + 12)) {
+			ds->found_pending = true;
+			memcpy(ds->pending_boot_id, blk + 16, 40);
+			ds->pending_boot_id[39] = 0;
+		}
+	}
+	free(blk);
+}
+
+bool diffstore_lost_power(const struct diffstore *ds)
+{
+	return ds->found_pending && strcmp(ds->pending_boot_id, ds->boot_id) != 0;
+}
+
+int diffstore_copy_begin(struct diffstore *ds)
+{
+	int err = 0;
+
+	/* Count first, look second; diffstore_settle() clears the flag
+	 * first and counts second, so a copy it did not count sets the
+	 * mark again. */
+	atomic_fetch_add(&ds->copies_started, 1);
+	if (atomic_load(&ds->pending))
+		return 0;
+	pthread_mutex_lock(&ds->mark_lock);
+	if (!atomic_load(&ds->pending)) {
+		err = write_mark(ds, true);
+		if (!err)
+			atomic_store(&ds->pending, true);
+	}
+	pthread_mutex_unlock(&ds->mark_lock);
+	return err; /* on error the caller ends the copy as failed */
+}
+
+void diffstore_copy_end(struct diffstore *ds)
+{
+	atomic_fetch_add(&ds->copies_done, 1);
+}
+
+int diffstore_settle(struct diffstore *ds)
+{
+	if (!atomic_load(&ds->pending))
+		return 0;
+	unsigned long started = atomic_load(&ds->copies_started);
+	if (atomic_load(&ds->copies_done) != started)
+		return -EAGAIN;	/* a copy is under way */
+	int err = diffstore_sync(ds);
+	if (err)
+		return err;
+	pthread_mutex_lock(&ds->mark_lock);
+	atomic_store(&ds->pending, false);
+	if (atomic_load(&ds->copies_started) != started) {
+		atomic_store(&ds->pending, true);	/* one began since: not yet */
+		err = -EAGAIN;
+	} else {
+		err = write_mark(ds, false);
+		if (err)
+			atomic_store(&ds->pending, true);
+	}
+	pthread_mutex_unlock(&ds->mark_lock);
+	return err;
+}
+
 static int read_header(int fd, uint32_t *chunk_size, struct vt_uuid *id)
 {
-	uint8_t *hdr = malloc(DS_HEADER_SIZE);
-	int err = hdr ? file_pread_full(fd, hdr, DS_HEADER_SIZE, 0) : -ENOMEM;
+	uint8_t *hdr = malloc(DS_STATE_OFFSET);
+	int err = hdr ? file_pread_full(fd, hdr, DS_STATE_OFFSET, 0) : -ENOMEM;
 
 	if (!err) {
 		uint32_t crc = get32(hdr + 12);
 		memset(hdr + 12, 0, 4);
-		if (memcmp(hdr, HDR_MAGIC, 8) || crc != crc32c(0, hdr, DS_HEADER_SIZE))
+		if (memcmp(hdr, HDR_MAGIC, 8) || crc != crc32c(0, hdr, DS_STATE_OFFSET))
 			err = -EBADMSG;
 		else if (get32(hdr + 8) > HDR_VERSION)
 			err = -EPROTONOSUPPORT;
@@ -119,6 +242,35 @@ static int read_header(int fd, uint32_t *chunk_size, struct vt_uuid *id)
 		memcpy(id->bytes, hdr + 24, 16);
 	}
 	free(hdr);
+	return err;
+}
+
+/*
+ * The data file begins with a block naming its store: magic "VTRKDIFD"
+ * (8), the store id (16), zeroes.  A data file of another store is
+ * refused; a new (empty) one is stamped, and ds->data_new tells the
+ * caller that any copy the records name is gone.
+ */
+#define DATA_MAGIC "VTRKDIFD"
+
+static int check_data_header(struct diffstore *ds, bool empty)
+{
+	uint8_t *blk = calloc(1, DS_DATA_OFFSET);
+	int err = blk ? 0 : -ENOMEM;
+
+	if (!err && empty) {
+		memcpy(blk, DATA_MAGIC, 8);
+		memcpy(blk + 8, ds->id.bytes, 16);
+		err = ds->ops->pwrite(ds->ops, ds->data_fd, blk, DS_DATA_OFFSET, 0);
+		if (!err)
+			err = ds->ops->fdatasync(ds->ops, ds->data_fd);
+		ds->data_new = true;
+	} else if (!err) {
+		err = file_pread_full(ds->data_fd, blk, DS_DATA_OFFSET, 0);
+		if (!err && (memcmp(blk, DATA_MAGIC, 8) || memcmp(blk + 8, ds->id.bytes, 16)))
+			err = -EXDEV;
+	}
+	free(blk);
 	return err;
 }
 
@@ -159,7 +311,24 @@ int diffstore_open(int dirfd, const struct vt_fsops *ops, const struct diffstore
 		diffstore_close(ds);
 		return err;
 	}
-	ds->file_slots = (uint64_t)st.st_size / chunk_size;
+	if (!err)
+		err = check_data_header(ds, st.st_size == 0);
+	if (err) {
+		diffstore_close(ds);
+		return err;
+	}
+	ds->file_slots = st.st_size > DS_DATA_OFFSET ?
+		((uint64_t)st.st_size - DS_DATA_OFFSET) / chunk_size : 0;
+	pthread_mutex_init(&ds->mark_lock, NULL);
+	read_mark(ds);
+	/* A mark left set stays set until a sync settles it. */
+	atomic_init(&ds->pending, ds->found_pending);
+	err = read_boot_id(cfg->boot_id_path, ds->boot_id);
+	if (err) {
+		/* Without a boot id a later start could not tell a crash of
+		 * the process from one of the machine: always the latter. */
+		snprintf(ds->boot_id, sizeof(ds->boot_id), "unknown");
+	}
 	*out = ds;
 	return 0;
 }
@@ -172,6 +341,8 @@ void diffstore_close(struct diffstore *ds)
 		close(ds->data_fd);
 	if (ds->map_fd >= 0)
 		close(ds->map_fd);
+	if (ds->boot_id[0])
+		pthread_mutex_destroy(&ds->mark_lock);
 	free(ds->free_slots);
 	free(ds);
 }
@@ -251,20 +422,24 @@ int diffstore_alloc(struct diffstore *ds, uint32_t *slot)
 	if ((ds->next_slot + 1) * ds->chunk_size > ds->limit || ds->next_slot >= UINT32_MAX)
 		return -ENOSPC;
 	if (ds->next_slot >= ds->file_slots) {
-		/* Grow a step at a time, never past the limit. */
-		uint64_t want = (ds->next_slot + 1) * ds->chunk_size;
-		uint64_t step = want + DS_GROW_STEP;
-		step -= step % ds->chunk_size;
-		if (step > ds->limit)
-			step = ds->limit - ds->limit % ds->chunk_size;
-		if (fallocate(ds->data_fd, 0, 0, (off_t)step) < 0) {
-			if (errno != ENOSPC && errno != EDQUOT && step > want &&
-			    fallocate(ds->data_fd, 0, 0, (off_t)want) == 0)
+		/* Grow a step at a time, never past the limit; when the step
+		 * does not fit, just the one slot. */
+		uint64_t want = ds->next_slot + 1;
+		uint64_t step = want + DS_GROW_STEP / ds->chunk_size;
+		if (step * ds->chunk_size > ds->limit)
+			step = ds->limit / ds->chunk_size;
+		int err = 0;
+		if (fallocate(ds->data_fd, 0, DS_DATA_OFFSET, (off_t)(step * ds->chunk_size)) < 0) {
+			err = -errno;
+			if (step > want && fallocate(ds->data_fd, 0, DS_DATA_OFFSET,
+						     (off_t)(want * ds->chunk_size)) == 0) {
+				err = 0;
 				step = want;
-			else
-				return errno == EDQUOT ? -ENOSPC : -errno;
+			}
 		}
-		ds->file_slots = step / ds->chunk_size;
+		if (err)
+			return err == -EDQUOT ? -ENOSPC : err;
+		ds->file_slots = step;
 	}
 	*slot = (uint32_t)ds->next_slot++;
 	return 0;

@@ -26,6 +26,8 @@
 #ifndef VOLTRACK_SNAP_DIFFSTORE_H
 #define VOLTRACK_SNAP_DIFFSTORE_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -56,16 +58,36 @@ struct diffstore {
 	uint64_t nfree, free_cap;
 	struct vt_uuid id;		/* tags records to this store */
 	bool own_path;			/* data file inside the metadata dir */
+	bool data_new;			/* the data file was created by this open */
+
+	/*
+	 * The copies-pending mark (block 1 of the record file).  Copies are
+	 * not synced before their chunk is overwritten: after a power cut
+	 * the overwrite may be on disk and its copy not.  So before the
+	 * first copy after the store was last known synced, the mark is set
+	 * durably, with the kernel's boot id; it is cleared once a sync
+	 * covered every copy made.  A start that finds it set under another
+	 * boot id (the machine went down, not just the process) cannot
+	 * trust any copy, and invalidates every snapshot.
+	 */
+	pthread_mutex_t mark_lock;
+	atomic_bool pending;		/* the mark on disk is (being) set */
+	atomic_ulong copies_started, copies_done;
+	char boot_id[40];		/* this boot's */
+	char pending_boot_id[40];	/* found in the mark at open */
+	bool found_pending;
 };
 
 struct diffstore_config {
 	const char *data_path;		/* NULL: META/diffstore */
 	uint64_t limit;			/* 0: the volume's size */
+	const char *boot_id_path;	/* NULL: /proc/sys/kernel/random/boot_id */
 };
 
 /*
  * Open the store in dirfd, creating it when absent.  chunk_size is fixed
- * at creation; an existing store with another chunk size is -EINVAL.
+ * at creation; an existing store with another chunk size is -EINVAL, a
+ * data file that belongs to another store -EXDEV.
  * The records are not read here (diffstore_scan).
  */
 int diffstore_open(int dirfd, const struct vt_fsops *ops, const struct diffstore_config *cfg,
@@ -93,12 +115,25 @@ void diffstore_free(struct diffstore *ds, uint32_t slot);
 /* Bytes of the data file in use: slots handed out and not free. */
 uint64_t diffstore_used_bytes(const struct diffstore *ds);
 
+#define DS_DATA_OFFSET 4096	/* the data file's own header comes first */
+
 static inline uint64_t diffstore_slot_offset(const struct diffstore *ds, uint32_t slot)
 {
-	return (uint64_t)slot * ds->chunk_size;
+	return DS_DATA_OFFSET + (uint64_t)slot * ds->chunk_size;
 }
 
-#define DS_HEADER_SIZE 4096
+#define DS_STATE_OFFSET 4096
+#define DS_HEADER_SIZE 8192	/* records start after the header and the mark */
+
+/* Before a copy's first I/O: make sure the mark is set (may sync). */
+int diffstore_copy_begin(struct diffstore *ds);
+/* After the copy's last I/O, whatever its outcome. */
+void diffstore_copy_end(struct diffstore *ds);
+/* If every copy begun has ended: sync the store and clear the mark.
+ * 0, or -EAGAIN when copies were under way (try again later). */
+int diffstore_settle(struct diffstore *ds);
+/* At open: was the mark set by a process of another boot? */
+bool diffstore_lost_power(const struct diffstore *ds);
 
 static inline uint64_t diffstore_record_offset(uint32_t slot)
 {

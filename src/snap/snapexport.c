@@ -60,12 +60,26 @@ static int usable(struct snap_export *se, struct vt_op *op)
 
 static void patch_next(struct vt_op *op);
 
+static bool usable_quiet(struct snap_export *se)
+{
+	struct vt_snap sn;
+
+	return vt_snapset_get(se->s->set, se->name, &sn) == 0 && sn.seq == se->seq && sn.valid;
+}
+
 static void patch_done(struct vio_req *io)
 {
 	struct vt_op *op = OP_OF(io, io);
 
 	if (io->res < 0) {
 		op->done(op, (int)io->res);
+		return;
+	}
+	if ((uint64_t)io->res != op->cow.len) {
+		/* The copy is not all there: never hand out the volume's
+		 * newer data in its place. */
+		op->why = "the diff store is shorter than its records say";
+		op->done(op, -EIO);
 		return;
 	}
 	patch_next(op);
@@ -102,6 +116,7 @@ static void patch_next(struct vt_op *op)
 			.done = patch_done };
 		op->iov[0].iov_base = (char *)op->cow_iov.iov_base + (from - op->off);
 		op->iov[0].iov_len = to - from;
+		op->cow.len = to - from;
 		vio_submit(op->loop->eng, &op->io);
 		return;
 	}
@@ -166,13 +181,15 @@ static void se_allocation(void *impl, uint64_t off, uint64_t len, bool *hole, ui
 
 	if (len > c_end - off)
 		len = c_end - off;
-	if (vt_snapset_lookup(set, se->seq, chunk, &slot, NULL) != 0) {
-		/* Copied (or being copied): its old content is data. */
+	/* The volume first, the copy second, as for a read: a write that
+	 * changed the chunk's allocation after its copy is caught below. */
+	volume_allocation(se->s->vol, off, len, hole, run);
+	if (vt_snapset_lookup(set, se->seq, chunk, &slot, NULL) != 0 || !usable_quiet(se)) {
+		/* Copied or being copied: its old content is data.  (And for
+		 * a snapshot that cannot be read, "data" is the safe answer.) */
 		*hole = false;
 		*run = len;
-		return;
 	}
-	volume_allocation(se->s->vol, off, len, hole, run);
 }
 
 static struct tracker *se_tracker(void *impl)
@@ -193,6 +210,12 @@ static uint64_t se_changed(void *impl, uint8_t since, uint64_t off, uint64_t len
 	uint64_t gran = 1ull << cm->gran_shift;
 	uint64_t b = off >> cm->gran_shift, run = 0;
 
+	if (!usable_quiet(se)) {
+		/* Deleted or invalid: "changed" is the answer that can never
+		 * make a backup skip data. */
+		*changed = true;
+		return len;
+	}
 	*changed = vt_snapset_epoch_at(se->s->set, se->seq, b) > since;
 	while (run < len && b < cm->nblocks) {
 		if ((vt_snapset_epoch_at(se->s->set, se->seq, b) > since) != *changed)

@@ -1,6 +1,7 @@
 #include "snapset.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,6 +180,7 @@ int vt_snapset_open(struct volume *vol, struct diffstore *ds, const struct chang
 	set->npages = (set->nchunks + PAGE_CHUNKS - 1) >> PAGE_SHIFT;
 	set->chunks = calloc(set->npages ? set->npages : 1, sizeof(*set->chunks));
 	pthread_mutex_init(&set->lock, NULL);
+	pthread_mutex_init(&set->inval_lock, NULL);
 	if (!set->chunks) {
 		vt_snapset_close(set);
 		return -ENOMEM;
@@ -202,13 +204,16 @@ int vt_snapset_open(struct volume *vol, struct diffstore *ds, const struct chang
 		return err;
 	}
 	set->next_seq = c.max_hi + 1;
-	if (c.damaged) {
-		/* A damaged record could have been any chunk's copy. */
+	bool data_lost = ds->data_new && diffstore_used_bytes(ds) > 0;
+	if (c.damaged || data_lost) {
+		/* A damaged record could have been any chunk's copy; a data
+		 * file made anew holds none of the copies the records name. */
 		for (unsigned i = 0; i < set->nsnaps; i++) {
 			if (!set->snaps[i].valid)
 				continue;
 			set->snaps[i].valid = false;
-			snprintf(set->snaps[i].why, SNAP_WHY_MAX,
+			snprintf(set->snaps[i].why, SNAP_WHY_MAX, "%s", data_lost ?
+				 "the diff store's data file is new: its copies are gone" :
 				 "a diff-store record is damaged, so any chunk may be missing");
 			if (set->hooks.invalidate)
 				set->hooks.invalidate(set->hooks.arg, set->snaps[i].name,
@@ -232,6 +237,7 @@ void vt_snapset_close(struct vt_snapset *set)
 		free(set->pool[i]);
 	free(set->pool);
 	pthread_mutex_destroy(&set->lock);
+	pthread_mutex_destroy(&set->inval_lock);
 	free(set);
 }
 
@@ -366,6 +372,7 @@ static unsigned invalidate_range(struct vt_snapset *set, uint32_t lo, uint32_t h
 		if (s->seq <= lo || s->seq > hi || !s->valid)
 			continue;
 		s->valid = false;
+		s->inval_pending = true;
 		snprintf(s->why, SNAP_WHY_MAX, "%s", why);
 		if (names)
 			memcpy(names[n], s->name, CKPT_NAME_MAX + 1);
@@ -374,27 +381,56 @@ static unsigned invalidate_range(struct vt_snapset *set, uint32_t lo, uint32_t h
 	return n;
 }
 
+static bool pending_in(const struct vt_snapset *set, uint32_t lo, uint32_t hi)
+{
+	for (unsigned i = 0; i < set->nsnaps; i++) {
+		const struct vt_snap *s = &set->snaps[i];
+		if (s->seq > lo && s->seq <= hi && s->inval_pending)
+			return true;
+	}
+	return false;
+}
+
+static void persist_one(struct vt_snapset *set, const char *name, const char *why);
+
+/*
+ * Make the invalidations in names durable, then let the writers that
+ * wait on them go: until a snapshot's invalidity is on disk no write
+ * may skip the copy it would have needed, or a kill -9 now could bring
+ * the snapshot back valid with that write in it.
+ */
 static void persist_invalid(struct vt_snapset *set, snap_name *names, unsigned n,
 			    const char *why)
 {
-	if (!names && n) {
-		/* Out of memory: the in-memory state says invalid, and the
-		 * failed copy's write cannot wait for a name it lost. */
+	pthread_mutex_lock(&set->inval_lock);
+	for (unsigned i = 0; names && i < n; i++)
+		persist_one(set, names[i], why);
+	pthread_mutex_lock(&set->lock);
+	for (unsigned i = 0; i < set->nsnaps; i++) {
+		struct vt_snap *s = &set->snaps[i];
+		for (unsigned k = 0; names && k < n; k++)
+			if (!strcmp(s->name, names[k]))
+				s->inval_pending = false;
+		if (!names)
+			s->inval_pending = false; /* nothing to wait for: it never comes */
+	}
+	pthread_mutex_unlock(&set->lock);
+	pthread_mutex_unlock(&set->inval_lock);
+	if (!names && n)
 		vt_error("%u snapshot(s) are no longer valid (%s), but there is no memory "
 			 "to record it durably", n, why);
-		return;
-	}
-	for (unsigned i = 0; i < n; i++) {
-		vt_error("snapshot '%s' is no longer valid: %s; the volume's writes go on",
-			 names[i], why);
-		if (set->hooks.invalidate) {
-			int err = set->hooks.invalidate(set->hooks.arg, names[i], why);
-			if (err)
-				vt_error("cannot record that snapshot '%s' is invalid: %s",
-					 names[i], strerror(-err));
-		}
-	}
 	free(names);
+}
+
+static void persist_one(struct vt_snapset *set, const char *name, const char *why)
+{
+	vt_error("snapshot '%s' is no longer valid: %s; the volume's writes go on", name, why);
+	if (set->hooks.invalidate) {
+		int err = set->hooks.invalidate(set->hooks.arg, name, why);
+		if (err)
+			vt_error("cannot record that snapshot '%s' is invalid: %s; after a crash "
+				 "it could come back as valid", name, strerror(-err));
+	}
 }
 
 static void *pool_get(struct vt_snapset *set)
@@ -423,6 +459,7 @@ enum vt_cow_claim vt_snapset_claim(struct vt_snapset *set, uint64_t chunk,
 	const char *why = NULL;
 	unsigned nbad = 0;
 
+again:
 	pthread_mutex_lock(&set->lock);
 	uint32_t latest = atomic_load_explicit(&set->latest, memory_order_relaxed);
 	uint32_t v = chunk_get(set, chunk);
@@ -435,9 +472,22 @@ enum vt_cow_claim vt_snapset_claim(struct vt_snapset *set, uint64_t chunk,
 	}
 	uint32_t head = v & SLOT_MASK;
 	uint32_t prev_hi = head ? set->entries[head - 1].hi : 0;
-	if (latest == 0 || prev_hi >= latest || !live_in(set, prev_hi, latest, true)) {
+	if (latest == 0 || prev_hi >= latest) {
 		pthread_mutex_unlock(&set->lock);
 		return VT_COW_NONE;
+	}
+	if (!live_in(set, prev_hi, latest, true)) {
+		bool wait = pending_in(set, prev_hi, latest);
+		pthread_mutex_unlock(&set->lock);
+		if (!wait)
+			return VT_COW_NONE;
+		/* No valid snapshot needs the copy, but an invalidation is not
+		 * yet durable: wait for it (a rare path; it blocks this loop
+		 * for the length of one metadata store). */
+		pthread_mutex_lock(&set->inval_lock);
+		pthread_mutex_unlock(&set->inval_lock);
+		sched_yield();
+		goto again;
 	}
 	uint32_t *word = chunk_word(set, chunk, true);
 	uint32_t slot;
@@ -488,7 +538,10 @@ void vt_snapset_publish(struct vt_snapset *set, struct vt_cow_job *job, int err)
 	pthread_mutex_lock(&set->lock);
 	uint32_t *word = chunk_word(set, job->chunk, false);
 	*word &= ~COPYING;
-	if (!err) {
+	if (!err && !live_in(set, job->rec.lo, job->rec.hi, false)) {
+		/* Every snapshot it was for was deleted while it ran. */
+		diffstore_free(set->ds, job->slot);
+	} else if (!err) {
 		struct cow_entry *e = &set->entries[job->slot];
 		*e = (struct cow_entry){ .chunk = job->chunk, .lo = job->rec.lo,
 					 .hi = job->rec.hi, .used = true,
@@ -505,6 +558,7 @@ void vt_snapset_publish(struct vt_snapset *set, struct vt_cow_job *job, int err)
 	}
 	pool_put(set, job->buf);
 	job->buf = NULL;
+	diffstore_copy_end(set->ds);
 	for (at = &set->waiters; *at;) {
 		struct vt_cow_wait *w = *at;
 		if (w->chunk == job->chunk) {
@@ -547,8 +601,10 @@ int vt_snapset_lookup(struct vt_snapset *set, uint32_t seq, uint64_t chunk, uint
 	/* Not copied for seq yet, but a copy is under way: it is the one
 	 * (every copy under way began after seq was taken, which drained
 	 * the writes of any older one), and the volume may be overwritten
-	 * as soon as it is done. */
-	if (r == 0 && (v & COPYING) && w) {
+	 * as soon as it is done.  Without w, say so and wait for nothing. */
+	if (r == 0 && (v & COPYING) && !w)
+		r = -EAGAIN;
+	else if (r == 0 && (v & COPYING)) {
 		w->chunk = chunk;
 		w->next = set->waiters;
 		set->waiters = w;

@@ -57,6 +57,7 @@ struct vt_snap {
 	uint32_t seq;
 	uint8_t epoch;			/* the checkpoint of the same name closed it */
 	bool valid;
+	bool inval_pending;		/* invalid in memory, not yet durably */
 	char name[CKPT_NAME_MAX + 1];
 	char why[SNAP_WHY_MAX];		/* why it is invalid */
 	uint64_t created;
@@ -101,6 +102,9 @@ struct vt_snapset {
 	uint64_t nchunks;
 	atomic_uint latest;		/* newest live snapshot's seq; 0: none */
 
+	/* Held while an invalidation is made durable; a writer that finds
+	 * one under way waits on it (see vt_snapset_claim). */
+	pthread_mutex_t inval_lock;
 	pthread_mutex_t lock;		/* everything below */
 	uint32_t **chunks;		/* page of chunk -> newest copy's slot+1 */
 	uint64_t npages;
@@ -158,8 +162,8 @@ void vt_snapset_publish(struct vt_snapset *set, struct vt_cow_job *job, int err)
 
 /*
  * Where snapshot seq reads chunk: *slot and 1 from the diff store, 0
- * from the volume, or -EAGAIN while a copy it needs is in progress (w is
- * then parked and resumed after the publish).
+ * from the volume, or -EAGAIN while a copy it needs is in progress (w,
+ * when given, is then parked and resumed after the publish).
  */
 int vt_snapset_lookup(struct vt_snapset *set, uint32_t seq, uint64_t chunk, uint32_t *slot,
 		      struct vt_cow_wait *w);

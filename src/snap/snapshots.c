@@ -30,8 +30,62 @@ static int mark_invalid(void *arg, const char *name, const char *why)
 	return tracker_set_flags(s->tracker, name, CKPT_F_INVALID, 0);
 }
 
+/*
+ * The keeper: once a second, sync the diff store and clear its
+ * copies-pending mark when no copy is under way, so that a power cut
+ * costs the snapshots only when it strikes within a second of a copy.
+ */
+static void *keeper_main(void *arg)
+{
+	struct vt_snapshots *s = arg;
+	bool warned = false;
+
+	pthread_mutex_lock(&s->lock);
+	while (!s->keeper_stop) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += 1;
+		pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+		if (s->keeper_stop)
+			break;
+		pthread_mutex_unlock(&s->lock);
+		int err = diffstore_settle(s->ds);
+		if (err && err != -EAGAIN && !warned)
+			vt_error("cannot sync the diff store: %s; a power cut now would invalidate "
+				 "the snapshots", strerror(-err));
+		warned = err && err != -EAGAIN;
+		pthread_mutex_lock(&s->lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+/* At open: a mark left set by another boot means the machine went down
+ * with copies that may never have reached the disk. */
+static void doubt_copies(struct vt_snapshots *s)
+{
+	struct checkpoint_list *l;
+	static const char why[] = "the machine went down (power cut or kernel crash) while "
+				  "copies for it were not yet synced";
+
+	if (!diffstore_lost_power(s->ds) || !(l = malloc(sizeof(*l))))
+		return;
+	tracker_checkpoints(s->tracker, l);
+	for (uint32_t i = 0; i < l->n; i++) {
+		const struct checkpoint *c = &l->items[i];
+		if ((c->flags & CKPT_F_SNAPSHOT) && !(c->flags & CKPT_F_INVALID)) {
+			vt_error("snapshot '%s' is no longer valid: %s", c->name, why);
+			vt_snapset_invalidate(s->set, c->name, why);
+			int err = tracker_set_flags(s->tracker, c->name, CKPT_F_INVALID, 0);
+			if (err)
+				vt_error("cannot record it: %s", strerror(-err));
+		}
+	}
+	free(l);
+}
+
 int vt_snapshots_open(struct metadir *md, struct tracker *t, struct volume *vol,
-		      const struct diffstore_config *cfg, struct vt_snapshots **out)
+		      const struct diffstore_config *cfg, bool live, struct vt_snapshots **out)
 {
 	struct vt_snapshots *s = calloc(1, sizeof(*s));
 	struct checkpoint_list *l = malloc(sizeof(*l));
@@ -82,6 +136,14 @@ int vt_snapshots_open(struct metadir *md, struct tracker *t, struct volume *vol,
 	}
 	free(l);
 	free(snaps);
+	if (!err) {
+		doubt_copies(s);
+		err = diffstore_settle(s->ds);
+	}
+	if (!err && live) {
+		err = -pthread_create(&s->keeper, NULL, keeper_main, s);
+		s->keeper_running = !err;
+	}
 	if (err) {
 		vt_snapshots_close(s);
 		return err;
@@ -97,6 +159,17 @@ void vt_snapshots_close(struct vt_snapshots *s)
 	if (s->pending.state != PENDING_NONE)
 		vt_snapshots_abort(s, s->pending.name);
 	stop_watchdog(s);
+	if (s->keeper_running) {
+		pthread_mutex_lock(&s->lock);
+		s->keeper_stop = true;
+		pthread_cond_broadcast(&s->cond);
+		pthread_mutex_unlock(&s->lock);
+		pthread_join(s->keeper, NULL);
+	}
+	/* Every copy is over: the mark can go (a failure keeps it set, and
+	 * the next start after a power cut doubts the copies). */
+	if (s->ds && diffstore_settle(s->ds))
+		vt_warn("the diff store could not be synced at close");
 	pthread_cond_destroy(&s->cond);
 	pthread_mutex_destroy(&s->lock);
 	vt_snapset_close(s->set);

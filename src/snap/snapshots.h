@@ -61,6 +61,8 @@ struct vt_snapshots {
 	pthread_mutex_t lock;		/* pending */
 	pthread_cond_t cond;
 	struct vt_pending pending;
+	pthread_t keeper;		/* syncs the diff store (live only) */
+	bool keeper_running, keeper_stop;
 };
 
 struct vt_snap_phases {
@@ -74,10 +76,12 @@ struct vt_snap_phases {
 /*
  * Open the diff store in md's directory (creating it when absent) and
  * rebuild copy-on-write state for every snapshot the tracker's
- * checkpoint list holds.
+ * checkpoint list holds.  If the machine went down while copies were
+ * not yet synced (diffstore.h), every snapshot is invalidated.  With
+ * `live`, a thread syncs the store once a second.
  */
 int vt_snapshots_open(struct metadir *md, struct tracker *t, struct volume *vol,
-		      const struct diffstore_config *cfg, struct vt_snapshots **out);
+		      const struct diffstore_config *cfg, bool live, struct vt_snapshots **out);
 void vt_snapshots_close(struct vt_snapshots *s);
 
 /* The target the live export's writes go through: gated and copied. */
