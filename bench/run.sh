@@ -100,3 +100,5 @@ done
 python3 "$HERE/report.py" "$W" "$ROUNDS" "${SERVERS[@]}"
 echo
 "$HERE/tracking.sh" "$VOLTRACK"
+echo
+VOLTRACK="$VOLTRACK" /usr/bin/python3 "$HERE/snapshot.py"

@@ -197,18 +197,36 @@ int diffstore_copy_begin(struct diffstore *ds)
 	return err; /* on error the caller ends the copy as failed */
 }
 
+int diffstore_mark_pending(struct diffstore *ds)
+{
+	int err = 0;
+
+	if (atomic_load(&ds->pending))
+		return 0;
+	pthread_mutex_lock(&ds->mark_lock);
+	if (!atomic_load(&ds->pending)) {
+		err = write_mark(ds, true);
+		if (!err)
+			atomic_store(&ds->pending, true);
+	}
+	pthread_mutex_unlock(&ds->mark_lock);
+	return err;
+}
+
 void diffstore_copy_end(struct diffstore *ds)
 {
 	atomic_fetch_add(&ds->copies_done, 1);
 }
 
-int diffstore_settle(struct diffstore *ds)
+int diffstore_settle(struct diffstore *ds, bool when_quiet)
 {
 	if (!atomic_load(&ds->pending))
 		return 0;
 	unsigned long started = atomic_load(&ds->copies_started);
-	if (atomic_load(&ds->copies_done) != started)
-		return -EAGAIN;	/* a copy is under way */
+	bool quiet = started == ds->settle_seen;
+	ds->settle_seen = started;
+	if (atomic_load(&ds->copies_done) != started || (when_quiet && !quiet))
+		return -EAGAIN;	/* a copy is under way, or copies go on */
 	int err = diffstore_sync(ds);
 	if (err)
 		return err;

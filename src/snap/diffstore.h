@@ -73,6 +73,7 @@ struct diffstore {
 	pthread_mutex_t mark_lock;
 	atomic_bool pending;		/* the mark on disk is (being) set */
 	atomic_ulong copies_started, copies_done;
+	unsigned long settle_seen;	/* copies_started at the last settle */
 	char boot_id[40];		/* this boot's */
 	char pending_boot_id[40];	/* found in the mark at open */
 	bool found_pending;
@@ -129,9 +130,15 @@ static inline uint64_t diffstore_slot_offset(const struct diffstore *ds, uint32_
 int diffstore_copy_begin(struct diffstore *ds);
 /* After the copy's last I/O, whatever its outcome. */
 void diffstore_copy_end(struct diffstore *ds);
-/* If every copy begun has ended: sync the store and clear the mark.
- * 0, or -EAGAIN when copies were under way (try again later). */
-int diffstore_settle(struct diffstore *ds);
+/* Set the mark now, ahead of the copies (a snapshot's prepare phase),
+ * so that no write has to wait for it. */
+int diffstore_mark_pending(struct diffstore *ds);
+/* If every copy begun has ended (and, with when_quiet, none began since
+ * the last call): sync the store and clear the mark.  0, or -EAGAIN
+ * when copies were under way (try again later).  Clearing only after a
+ * quiet period keeps a steady stream of copies from paying a sync each
+ * time the mark would be set again. */
+int diffstore_settle(struct diffstore *ds, bool when_quiet);
 /* At open: was the mark set by a process of another boot? */
 bool diffstore_lost_power(const struct diffstore *ds);
 

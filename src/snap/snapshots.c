@@ -49,7 +49,7 @@ static void *keeper_main(void *arg)
 		if (s->keeper_stop)
 			break;
 		pthread_mutex_unlock(&s->lock);
-		int err = diffstore_settle(s->ds);
+		int err = diffstore_settle(s->ds, true);
 		if (err && err != -EAGAIN && !warned)
 			vt_error("cannot sync the diff store: %s; a power cut now would invalidate "
 				 "the snapshots", strerror(-err));
@@ -138,7 +138,7 @@ int vt_snapshots_open(struct metadir *md, struct tracker *t, struct volume *vol,
 	free(snaps);
 	if (!err) {
 		doubt_copies(s);
-		err = diffstore_settle(s->ds);
+		err = diffstore_settle(s->ds, false);
 	}
 	if (!err && live) {
 		err = -pthread_create(&s->keeper, NULL, keeper_main, s);
@@ -168,7 +168,7 @@ void vt_snapshots_close(struct vt_snapshots *s)
 	}
 	/* Every copy is over: the mark can go (a failure keeps it set, and
 	 * the next start after a power cut doubts the copies). */
-	if (s->ds && diffstore_settle(s->ds))
+	if (s->ds && diffstore_settle(s->ds, false))
 		vt_warn("the diff store could not be synced at close");
 	pthread_cond_destroy(&s->cond);
 	pthread_mutex_destroy(&s->lock);
@@ -265,8 +265,15 @@ static int hold(struct vt_snapshots *s, const char *name, unsigned timeout_ms,
 		return -EBUSY;
 	}
 	uint64_t t0 = mono_us();
-	/* prepare: a persist now leaves little for a crash to over-report */
+	/* prepare: a persist now leaves little for a crash to over-report,
+	 * and the copies-pending mark is set before any copy needs it, so
+	 * that no write waits for its sync */
 	tracker_nudge(s->tracker);
+	int merr = diffstore_mark_pending(s->ds);
+	if (merr) {
+		pthread_mutex_unlock(&s->lock);
+		return merr;
+	}
 	memset(p, 0, sizeof(*p));
 	snprintf(p->name, sizeof(p->name), "%s", name);
 	p->seq = vt_snapset_next_seq(s->set);
