@@ -9,6 +9,8 @@
 #include <time.h>
 
 #include "cli.h"
+#include "diffstore.h"
+#include "snapset.h"
 #include "metadir.h"
 #include "size.h"
 #include "tracker.h"
@@ -21,9 +23,12 @@ int cmd_init(int argc, char **argv)
 		{ "granularity", required_argument, NULL, 'g' },
 		{ "meta", required_argument, NULL, 'm' },
 		{ "force", no_argument, NULL, 'f' },
+		{ "diff-store", required_argument, NULL, 'D' },
+		{ "diff-limit", required_argument, NULL, 'L' },
 		{ NULL, 0, NULL, 0 },
 	};
 	uint64_t size = 0, granularity = SB_DEFAULT_GRANULARITY;
+	struct diffstore_config diff = { 0 };
 	bool have_size = false, force = false;
 	const char *meta_opt = NULL;
 	enum sb_volume_kind kind;
@@ -44,6 +49,15 @@ int cmd_init(int argc, char **argv)
 		case 'g':
 			if (cli_parse_size("--granularity", optarg, &granularity))
 				return EXIT_USAGE;
+			break;
+		case 'D':
+			diff.data_path = optarg;
+			break;
+		case 'L':
+			if (cli_parse_size("--diff-limit", optarg, &diff.limit))
+				return EXIT_USAGE;
+			if (diff.limit == 0)
+				return cli_usage("init", "--diff-limit must be more than 0");
 			break;
 		case 'm':
 			meta_opt = optarg;
@@ -148,6 +162,9 @@ int cmd_init(int argc, char **argv)
 	/* Tracking files first: a superblock never points at a generation
 	 * whose files are not there. */
 	err = tracker_format(md, &sb);
+	if (!err)
+		err = diffstore_create(metadir_fd(md), metadir_fsops(md), &diff,
+				       vt_snapset_chunk_size(sb.granularity));
 	if (!err)
 		err = metadir_write_superblock(md, &sb);
 	if (err) {

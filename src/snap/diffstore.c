@@ -74,9 +74,15 @@ static int decode(const struct diffstore *ds, uint32_t slot, const uint8_t in[DS
 	return 1;
 }
 
+#define HDR_PATH_MAX 4000
+
 static int create_map(int dirfd, const struct vt_fsops *ops, uint32_t chunk_size,
-		      struct vt_uuid *id, int *out)
+		      const struct diffstore_config *cfg, struct vt_uuid *id, int *out)
 {
+	size_t plen = cfg->data_path ? strlen(cfg->data_path) : 0;
+
+	if (plen > HDR_PATH_MAX)
+		return -ENAMETOOLONG;
 	uint8_t *hdr = calloc(1, DS_STATE_OFFSET);
 	int err = hdr ? vt_uuid_generate(id) : -ENOMEM;
 	int fd = -1;
@@ -86,6 +92,10 @@ static int create_map(int dirfd, const struct vt_fsops *ops, uint32_t chunk_size
 		put32(hdr + 8, HDR_VERSION);
 		put32(hdr + 16, chunk_size);
 		memcpy(hdr + 24, id->bytes, 16);
+		put64(hdr + 40, cfg->limit);
+		put32(hdr + 48, (uint32_t)plen);
+		if (plen)
+			memcpy(hdr + 64, cfg->data_path, plen);
 		put32(hdr + 12, crc32c(0, hdr, DS_STATE_OFFSET));
 		fd = openat(dirfd, DS_MAP_NAME ".tmp", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 		err = fd < 0 ? -errno : ops->pwrite(ops, fd, hdr, DS_STATE_OFFSET, 0);
@@ -244,7 +254,8 @@ int diffstore_settle(struct diffstore *ds, bool when_quiet)
 	return err;
 }
 
-static int read_header(int fd, uint32_t *chunk_size, struct vt_uuid *id)
+static int read_header(int fd, uint32_t *chunk_size, struct vt_uuid *id, uint64_t *limit,
+		       char **path)
 {
 	uint8_t *hdr = malloc(DS_STATE_OFFSET);
 	int err = hdr ? file_pread_full(fd, hdr, DS_STATE_OFFSET, 0) : -ENOMEM;
@@ -258,6 +269,12 @@ static int read_header(int fd, uint32_t *chunk_size, struct vt_uuid *id)
 			err = -EPROTONOSUPPORT;
 		*chunk_size = get32(hdr + 16);
 		memcpy(id->bytes, hdr + 24, 16);
+		*limit = get64(hdr + 40);
+		uint32_t plen = get32(hdr + 48);
+		if (!err && plen > HDR_PATH_MAX)
+			err = -EBADMSG;
+		if (!err && plen && !(*path = strndup((char *)hdr + 64, plen)))
+			err = -ENOMEM;
 	}
 	free(hdr);
 	return err;
@@ -304,25 +321,30 @@ int diffstore_open(int dirfd, const struct vt_fsops *ops, const struct diffstore
 		return -ENOMEM;
 	ds->ops = ops;
 	ds->chunk_size = chunk_size;
-	ds->limit = cfg->limit ? cfg->limit : volume_size;
 	ds->data_fd = ds->map_fd = -1;
+	uint64_t dflt_limit = 0;
+	char *dflt_path = NULL;
 	ds->map_fd = openat(dirfd, DS_MAP_NAME, O_RDWR | O_CLOEXEC);
 	if (ds->map_fd < 0 && errno == ENOENT)
-		err = create_map(dirfd, ops, chunk_size, &ds->id, &ds->map_fd);
+		err = create_map(dirfd, ops, chunk_size, &(struct diffstore_config){ 0 }, &ds->id,
+				 &ds->map_fd);
 	else if (ds->map_fd < 0)
 		err = -errno;
 	else
-		err = read_header(ds->map_fd, &have_chunk, &ds->id);
+		err = read_header(ds->map_fd, &have_chunk, &ds->id, &dflt_limit, &dflt_path);
 	if (!err && have_chunk != chunk_size)
 		err = -EINVAL;
+	/* This run's options first, then what init recorded, then defaults. */
+	ds->limit = cfg->limit ? cfg->limit : dflt_limit ? dflt_limit : volume_size;
+	const char *path = cfg->data_path ? cfg->data_path : dflt_path;
 	if (!err) {
-		ds->own_path = !cfg->data_path;
-		ds->data_fd = cfg->data_path ?
-			open(cfg->data_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600) :
+		ds->own_path = !path;
+		ds->data_fd = path ? open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600) :
 			openat(dirfd, DS_DATA_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 		if (ds->data_fd < 0)
 			err = -errno;
 	}
+	free(dflt_path);
 	if (!err && fstat(ds->data_fd, &st) < 0)
 		err = -errno;
 	if (err) {
@@ -349,6 +371,28 @@ int diffstore_open(int dirfd, const struct vt_fsops *ops, const struct diffstore
 	}
 	*out = ds;
 	return 0;
+}
+
+int diffstore_create(int dirfd, const struct vt_fsops *ops, const struct diffstore_config *cfg,
+		     uint32_t chunk_size)
+{
+	struct vt_uuid id;
+	int fd, err;
+
+	/* A data file left by an earlier history would not match the new
+	 * store id: empty it, so that the first open stamps it. */
+	fd = cfg->data_path ? open(cfg->data_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) :
+			      openat(dirfd, DS_DATA_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+				     0600);
+	if (fd < 0)
+		return -errno;
+	err = ops->fdatasync(ops, fd);
+	close(fd);
+	if (!err)
+		err = create_map(dirfd, ops, chunk_size, cfg, &id, &fd);
+	if (!err)
+		close(fd);
+	return err;
 }
 
 void diffstore_close(struct diffstore *ds)

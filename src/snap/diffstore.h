@@ -80,8 +80,8 @@ struct diffstore {
 };
 
 struct diffstore_config {
-	const char *data_path;		/* NULL: META/diffstore */
-	uint64_t limit;			/* 0: the volume's size */
+	const char *data_path;		/* NULL: as recorded at init, or META/diffstore */
+	uint64_t limit;			/* 0: as recorded at init, or the volume's size */
 	const char *boot_id_path;	/* NULL: /proc/sys/kernel/random/boot_id */
 };
 
@@ -94,6 +94,14 @@ struct diffstore_config {
 int diffstore_open(int dirfd, const struct vt_fsops *ops, const struct diffstore_config *cfg,
 		   uint32_t chunk_size, uint64_t volume_size, struct diffstore **out);
 void diffstore_close(struct diffstore *ds);
+
+/*
+ * A new, empty store (init, and init --force): cfg's data path and limit
+ * are recorded in its header as the defaults every later open uses when
+ * not told otherwise.  An existing data file at that path is emptied.
+ */
+int diffstore_create(int dirfd, const struct vt_fsops *ops, const struct diffstore_config *cfg,
+		     uint32_t chunk_size);
 
 /*
  * Call fn for every valid record, slot by slot, and learn the high mark.

@@ -421,6 +421,46 @@ def test_machine_down():
         srv.cleanup()
 
 
+def test_diff_store_options():
+    """--diff-store and --diff-limit given at init hold for every later
+    serve and offline command; init --force starts a new, empty store."""
+    import tempfile
+    other = tempfile.mkdtemp(prefix="voltrack-ds-")
+    size = 8 << 20
+    srv = Server(size=size, init=False)
+    try:
+        path = os.path.join(other, "copies")
+        subprocess.run([VOLTRACK, "init", srv.volume, "--size", str(size), "--diff-store", path,
+                        "--diff-limit", "256K"], check=True, stdout=subprocess.DEVNULL)
+        vt("snapshot", srv.volume, "off")            # offline, uses the recorded path
+        srv.start()
+        h = srv.connect()
+        for off in range(0, 1 << 20, GRAN):
+            h.pwrite(b"\x05" * 4096, off)
+        h.shutdown()
+        F.check(os.path.getsize(path) > 0, "copies go to the path given at init")
+        F.check(not os.path.exists(os.path.join(srv.meta, "diffstore")) or
+                os.path.getsize(os.path.join(srv.meta, "diffstore")) == 0,
+                "and not to the default place")
+        snap = json.loads(vt("list", srv.volume, "--json").stdout)[0]["snapshot"]
+        F.check(snap["state"] == "invalid" and "full" in snap["why"],
+                f"the limit given at init holds (16 chunks over 256K): {snap}")
+        srv.stop()
+        subprocess.run([VOLTRACK, "init", srv.volume, "--force"], check=True,
+                       stdout=subprocess.DEVNULL)
+        srv.start()
+        vt("snapshot", srv.volume, "again")
+        h = srv.connect()
+        h.pwrite(b"\x06" * 4096, 0)
+        h.shutdown()
+        F.check(read_export(srv, "again", 4096) == b"\x05" * 4096,
+                "after init --force a new store serves a new snapshot")
+    finally:
+        srv.stop()
+        srv.cleanup()
+        subprocess.run(["rm", "-rf", other])
+
+
 def ctl(srv, *args):
     """One control-socket request, as the CLI sends it: (status, text)."""
     import socket
@@ -512,7 +552,8 @@ def test_group():
 
 
 for test in (test_exact_instant, test_group, test_bitmap_and_accounting, test_hooks_and_timeout,
-             test_diff_store_full, test_restart_and_kill, test_machine_down, test_offline):
+             test_diff_store_full, test_restart_and_kill, test_machine_down, test_offline,
+             test_diff_store_options):
     print(f"# {test.__name__}", flush=True)
     test()
 F.finish()
