@@ -26,7 +26,6 @@ struct snap_export {
 	struct vt_snapshots *s;
 	char name[CKPT_NAME_MAX + 1];
 	uint32_t seq;
-	uint8_t epoch;
 };
 
 #define OP_OF(ptr, member) ((struct vt_op *)((char *)(ptr) - offsetof(struct vt_op, member)))
@@ -199,7 +198,13 @@ static struct tracker *se_tracker(void *impl)
 
 static unsigned se_bitmap_limit(void *impl)
 {
-	return ((struct snap_export *)impl)->epoch;
+	struct snap_export *se = impl;
+	struct vt_snap sn;
+
+	/* Looked up each time: a renumbering may have changed it. */
+	if (vt_snapset_get(se->s->set, se->name, &sn) || sn.seq != se->seq)
+		return 0;
+	return sn.epoch;
 }
 
 static uint64_t se_changed(void *impl, uint8_t since, uint64_t off, uint64_t len,
@@ -264,7 +269,6 @@ int vt_snapshots_export(struct vt_snapshots *s, const char *name, struct vt_expo
 	}
 	se->s = s;
 	se->seq = sn.seq;
-	se->epoch = sn.epoch;
 	memcpy(se->name, sn.name, sizeof(se->name));
 	snprintf(ename, sizeof(ename), VT_SNAPSHOT_PREFIX "%s", name);
 	snprintf(desc, sizeof(desc), "snapshot %s (read-only)", name);

@@ -643,3 +643,39 @@ void vt_snapset_invalidate(struct vt_snapset *set, const char *name, const char 
 	}
 	pthread_mutex_unlock(&set->lock);
 }
+
+void vt_snapset_renumber(struct vt_snapset *set, const uint8_t t[256])
+{
+	pthread_mutex_lock(&set->lock);
+	for (unsigned i = 0; i < set->nsnaps; i++)
+		set->snaps[i].epoch = t[set->snaps[i].epoch];
+	for (uint64_t slot = 0; slot < set->entries_cap; slot++) {
+		struct cow_entry *e = &set->entries[slot];
+		if (!e->used)
+			continue;
+		for (unsigned b = 0; b < e->nblocks; b++)
+			e->epochs[b] = t[e->epochs[b]];
+	}
+	pthread_mutex_unlock(&set->lock);
+}
+
+int vt_snapset_store_records(struct vt_snapset *set)
+{
+	uint8_t rec[DS_RECORD_SIZE];
+	int err = 0;
+
+	pthread_mutex_lock(&set->lock);
+	for (uint64_t slot = 0; !err && slot < set->entries_cap; slot++) {
+		const struct cow_entry *e = &set->entries[slot];
+		if (!e->used)
+			continue;
+		struct ds_record r = { .chunk = e->chunk, .lo = e->lo, .hi = e->hi,
+				       .nblocks = e->nblocks };
+		memcpy(r.epochs, e->epochs, DS_MAX_BLOCKS);
+		diffstore_encode(set->ds, (uint32_t)slot, &r, rec);
+		err = set->ds->ops->pwrite(set->ds->ops, set->ds->map_fd, rec, DS_RECORD_SIZE,
+					   diffstore_record_offset((uint32_t)slot));
+	}
+	pthread_mutex_unlock(&set->lock);
+	return err ? err : set->ds->ops->fdatasync(set->ds->ops, set->ds->map_fd);
+}

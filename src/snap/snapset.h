@@ -172,6 +172,17 @@ int vt_snapset_lookup(struct vt_snapset *set, uint32_t seq, uint64_t chunk, uint
  * can tell); for its qemu:dirty-bitmap contexts. */
 uint8_t vt_snapset_epoch_at(struct vt_snapset *set, uint32_t seq, uint64_t block);
 
+/*
+ * The tracker renumbered its epochs (v becomes t[v]): translate the
+ * snapshots' epochs and those kept beside the copies, in memory.  Then
+ * vt_snapset_store_records() rewrites the records in the new numbering;
+ * until it has, a record read after a crash holds old values, which are
+ * never below the new ones (a renumbering only lowers), so a snapshot's
+ * bitmaps can only over-report.
+ */
+void vt_snapset_renumber(struct vt_snapset *set, const uint8_t t[256]);
+int vt_snapset_store_records(struct vt_snapset *set);
+
 /* Mark a snapshot invalid in memory (already durable, or on the way). */
 void vt_snapset_invalidate(struct vt_snapset *set, const char *name, const char *why);
 
