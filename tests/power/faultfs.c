@@ -386,6 +386,7 @@ void faultfs_init(struct faultfs *ff, uint64_t seed)
 	pthread_condattr_t ca;
 
 	memset(ff, 0, sizeof(*ff));
+	ff->ops = vt_fsops_posix;
 	ff->ops.pwrite = ff_pwrite;
 	ff->ops.fdatasync = ff_fdatasync;
 	ff->rng = seed ? seed : 0x9e3779b97f4a7c15ull;

@@ -172,7 +172,7 @@ static void setup(struct run *r)
 	}
 	r->vol = r->volume->fd;
 
-	metadir_open(r->meta_path, true, &r->md);
+	metadir_open(r->meta_path, true, &vt_fsops_posix, &r->md);
 	metadir_lock(r->md);
 	vt_uuid_generate(&sb.volume_uuid);
 	vt_uuid_generate(&sb.generation);
