@@ -174,8 +174,8 @@ int intent_create(int dirfd, const struct vt_fsops *ops, const struct superblock
 /* Read both slots into blk and say which are whole and of this volume's
  * geometry and generation.  A short file is a slot that is not there:
  * damage, not an error of the call. */
-static int read_slots(const struct vt_fsops *ops, int fd, uint8_t *blk, uint32_t n, uint64_t region, uint64_t tag,
-		      bool ok[2], uint64_t seq[2])
+static int read_slots(const struct vt_fsops *ops, int fd, uint8_t *blk, uint32_t n,
+		      uint64_t region, uint64_t tag, bool ok[2], uint64_t seq[2])
 {
 	for (unsigned s = 0; s < 2; s++) {
 		uint8_t *b = blk + s * MB_SIZE;

@@ -217,7 +217,8 @@ int mapfile_open(int dirfd, const struct vt_fsops *ops, const struct superblock 
 	if (err)
 		goto fail;
 	struct load_ctx ctx = { mf, cm, rep };
-	err = scan_pages(ops, mf->fd, cm->npages, mf->gen_tag, &mf->seq, load_found, load_damaged, &ctx);
+	err = scan_pages(ops, mf->fd, cm->npages, mf->gen_tag, &mf->seq, load_found,
+			 load_damaged, &ctx);
 	if (err)
 		goto fail;
 	*out = mf;

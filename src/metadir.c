@@ -8,7 +8,6 @@
 #include <sys/file.h>
 #include <unistd.h>
 
-
 struct metadir {
 	char *path;
 	int dirfd;
