@@ -82,7 +82,7 @@ int cmd_init(int argc, char **argv)
 	if (err == -ENOENT) {
 		if (!have_size)
 			return cli_fail("%s does not exist; give --size to create it", volume);
-		err = volume_create_file(volume, size);
+		err = volume_create_file(&vt_fsops_posix, volume, size);
 		if (err)
 			return cli_fail("cannot create %s: %s", volume, strerror(-err));
 		kind = SB_KIND_FILE;
@@ -103,7 +103,7 @@ int cmd_init(int argc, char **argv)
 
 	if (cli_meta_path(volume, meta_opt, kind, &meta))
 		return 1;
-	err = metadir_open(meta, true, &md);
+	err = metadir_open(meta, true, &vt_fsops_posix, &md);
 	if (err) {
 		cli_fail("cannot create metadata directory %s: %s", meta, strerror(-err));
 		goto out;

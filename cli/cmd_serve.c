@@ -164,7 +164,7 @@ static int open_volume(const struct serve_opts *o, struct metadir **md,
 		return cli_fail("cannot open %s: %s", o->volume, strerror(-err));
 	if (cli_meta_path(o->volume, o->meta, kind, meta_path))
 		return 1;
-	err = metadir_open(*meta_path, false, md);
+	err = metadir_open(*meta_path, false, &vt_fsops_posix, md);
 	if (err == -ENOENT)
 		return cli_fail("%s has no metadata at %s; run 'voltrack init %s' first",
 				o->volume, *meta_path, o->volume);

@@ -63,7 +63,7 @@ static int run_offline(const char *volume, const char *meta_path, int argc, char
 	int err, status = 1;
 
 	*busy = false;
-	err = metadir_open(meta_path, false, &md);
+	err = metadir_open(meta_path, false, &vt_fsops_posix, &md);
 	if (err)
 		return cli_fail("%s has no voltrack metadata at %s (%s); run 'voltrack init' first",
 				volume, meta_path, strerror(-err));
@@ -145,7 +145,7 @@ int cmd_track(int argc, char **argv)
 			free(meta);
 			return cli_usage("check", "check takes only VOLUME [--meta DIR]");
 		}
-		int err = metadir_open(meta, false, &md);
+		int err = metadir_open(meta, false, &vt_fsops_posix, &md);
 		if (err) {
 			status = cli_fail("%s: %s", meta, strerror(-err));
 		} else {

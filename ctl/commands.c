@@ -381,10 +381,11 @@ int ctl_run(const struct ctl_env *env, int argc, char **argv, FILE *out)
 
 /* ---- check ---- */
 
-static int check_intent(int dirfd, const struct superblock *sb, FILE *out)
+static int check_intent(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+			FILE *out)
 {
 	bool ok[2];
-	int err = intent_verify(dirfd, sb, ok);
+	int err = intent_verify(dirfd, ops, sb, ok);
 
 	if (err) {
 		fprintf(out, "intent: cannot read: %s\n", strerror(-err));
@@ -411,6 +412,7 @@ int ctl_check(struct metadir *md, FILE *out)
 	struct superblock sb;
 	struct checkpoint_list *l = malloc(sizeof(*l));
 	struct mapfile_report rep;
+	const struct vt_fsops *ops = metadir_fsops(md);
 	int dirfd = metadir_fd(md), problems = 0, err;
 
 	err = metadir_read_superblock(md, &sb);
@@ -428,7 +430,7 @@ int ctl_check(struct metadir *md, FILE *out)
 	bool damaged = false;
 	if (!l)
 		return 1;
-	err = checkpoints_load(dirfd, &sb, l, &damaged);
+	err = checkpoints_load(dirfd, ops, &sb, l, &damaged);
 	if (err) {
 		fprintf(out, "checkpoints: %s\n", err == -EBADMSG ? "no valid copy" : strerror(-err));
 		problems++;
@@ -441,7 +443,7 @@ int ctl_check(struct metadir *md, FILE *out)
 	}
 
 	uint64_t nblocks = (sb.volume_size + sb.granularity - 1) / sb.granularity;
-	err = mapfile_verify(dirfd, &sb, nblocks, &rep);
+	err = mapfile_verify(dirfd, ops, &sb, nblocks, &rep);
 	if (err) {
 		fprintf(out, "changemap: %s\n", err == -EBADMSG ?
 			"header does not match this volume or generation" : strerror(-err));
@@ -457,7 +459,7 @@ int ctl_check(struct metadir *md, FILE *out)
 		fprintf(out, "changemap: ok\n");
 	}
 	free(l);
-	problems += check_intent(dirfd, &sb, out);
+	problems += check_intent(dirfd, ops, &sb, out);
 	if (problems)
 		fprintf(out, "%d problem(s) found\n", problems);
 	else

@@ -101,9 +101,9 @@ int checkpoints_create(int dirfd, const struct vt_fsops *ops, const struct super
 		err = -ENOMEM;
 		goto out;
 	}
-	fd = openat(dirfd, CHECKPOINTS_NAME ".tmp", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	fd = ops->openat(ops, dirfd, CHECKPOINTS_NAME ".tmp", O_RDWR | O_CREAT | O_TRUNC);
 	if (fd < 0) {
-		err = -errno;
+		err = fd;
 		goto out;
 	}
 	/* Allocate every block now, so that updates never allocate. */
@@ -142,9 +142,9 @@ static int write_other_slot(int dirfd, const struct vt_fsops *ops, const struct 
 		err = -ENOMEM;
 		goto out;
 	}
-	fd = openat(dirfd, CHECKPOINTS_NAME, O_WRONLY | O_CLOEXEC);
+	fd = ops->openat(ops, dirfd, CHECKPOINTS_NAME, O_WRONLY);
 	if (fd < 0) {
-		err = -errno;
+		err = fd;
 		goto out;
 	}
 	encode(l, payload, &nblocks);
@@ -191,8 +191,8 @@ int checkpoints_sync(int dirfd, const struct vt_fsops *ops)
 }
 
 /* Decode one slot; 0 and its sequence when whole and consistent. */
-static int load_slot(int fd, const struct superblock *sb, unsigned slot,
-		     struct checkpoint_list *l, uint8_t *payload, uint8_t *blk)
+static int load_slot(const struct vt_fsops *ops, int fd, const struct superblock *sb,
+		     unsigned slot, struct checkpoint_list *l, uint8_t *payload, uint8_t *blk)
 {
 	uint64_t tag = mb_gen_tag(&sb->generation), seq, s2;
 	uint32_t nblocks, n;
@@ -200,7 +200,7 @@ static int load_slot(int fd, const struct superblock *sb, unsigned slot,
 	memset(l, 0, sizeof(*l));
 	/* A read that fails says nothing of the content: that error goes up
 	 * as it is; only a short or bad block is damage (-EBADMSG). */
-	int err = file_pread_full(fd, blk, MB_SIZE, (uint64_t)slot * SLOT_BLOCKS * MB_SIZE);
+	int err = vt_read_full(ops, fd, blk, MB_SIZE, (uint64_t)slot * SLOT_BLOCKS * MB_SIZE);
 	if (err)
 		return err;
 	if (mb_check(blk, MAGIC, slot * SLOT_BLOCKS, tag, &seq))
@@ -212,7 +212,7 @@ static int load_slot(int fd, const struct superblock *sb, unsigned slot,
 		return -EBADMSG;
 	for (uint32_t b = 1; b < nblocks; b++) {
 		uint64_t off = (uint64_t)(slot * SLOT_BLOCKS + b) * MB_SIZE;
-		err = file_pread_full(fd, blk, MB_SIZE, off);
+		err = vt_read_full(ops, fd, blk, MB_SIZE, off);
 		if (err)
 			return err;
 		if (mb_check(blk, MAGIC, slot * SLOT_BLOCKS + b, tag, &s2) || s2 != seq)
@@ -258,8 +258,8 @@ static int load_slot(int fd, const struct superblock *sb, unsigned slot,
 	return 0;
 }
 
-int checkpoints_load(int dirfd, const struct superblock *sb, struct checkpoint_list *l,
-		     bool *damaged)
+int checkpoints_load(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+		     struct checkpoint_list *l, bool *damaged)
 {
 	struct checkpoint_list *other = malloc(sizeof(*other));
 	uint8_t *payload = malloc((size_t)SLOT_BLOCKS * MB_PAYLOAD);
@@ -268,15 +268,15 @@ int checkpoints_load(int dirfd, const struct superblock *sb, struct checkpoint_l
 
 	memset(l, 0, sizeof(*l));
 	l->open_epoch = 1;
-	fd = openat(dirfd, CHECKPOINTS_NAME, O_RDONLY | O_CLOEXEC);
+	fd = ops->openat(ops, dirfd, CHECKPOINTS_NAME, O_RDONLY);
 	if (fd < 0) {
-		err = -errno;
+		err = fd;
 		goto out;
 	}
 	if (!other || !payload || !blk)
 		goto out;
-	int e0 = load_slot(fd, sb, 0, l, payload, blk);
-	int e1 = load_slot(fd, sb, 1, other, payload, blk);
+	int e0 = load_slot(ops, fd, sb, 0, l, payload, blk);
+	int e1 = load_slot(ops, fd, sb, 1, other, payload, blk);
 	if ((e0 && e0 != -EBADMSG) || (e1 && e1 != -EBADMSG)) {
 		err = e0 && e0 != -EBADMSG ? e0 : e1;	/* the call failed: no verdict */
 		goto out;

@@ -58,8 +58,8 @@ int checkpoints_create(int dirfd, const struct vt_fsops *ops, const struct super
 		       struct checkpoint_list *l);
 /* -ENOENT when missing, -EBADMSG when no slot is valid.  *damaged
  * (optional) reports a bad slot beside the one used. */
-int checkpoints_load(int dirfd, const struct superblock *sb, struct checkpoint_list *l,
-		     bool *damaged);
+int checkpoints_load(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+		     struct checkpoint_list *l, bool *damaged);
 /* Write l into the slot not holding `prev`; on success l records it.
  * *touched says whether the file may have changed, also on failure
  * (false when it failed before writing anything). */

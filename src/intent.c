@@ -151,10 +151,10 @@ int intent_create(int dirfd, const struct vt_fsops *ops, const struct superblock
 	if (!blk)
 		return -ENOMEM;
 	geometry(sb, &region, &n);
-	fd = openat(dirfd, INTENT_NAME ".tmp", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	fd = ops->openat(ops, dirfd, INTENT_NAME ".tmp", O_RDWR | O_CREAT | O_TRUNC);
 	if (fd < 0) {
 		free(blk);
-		return -errno;
+		return fd;
 	}
 	/* Both slots valid from the start: an invalid one later is damage
 	 * or a torn commit, never "not written yet".  No identity: the
@@ -174,14 +174,14 @@ int intent_create(int dirfd, const struct vt_fsops *ops, const struct superblock
 /* Read both slots into blk and say which are whole and of this volume's
  * geometry and generation.  A short file is a slot that is not there:
  * damage, not an error of the call. */
-static int read_slots(int fd, uint8_t *blk, uint32_t n, uint64_t region, uint64_t tag,
-		      bool ok[2], uint64_t seq[2])
+static int read_slots(const struct vt_fsops *ops, int fd, uint8_t *blk, uint32_t n,
+		      uint64_t region, uint64_t tag, bool ok[2], uint64_t seq[2])
 {
 	for (unsigned s = 0; s < 2; s++) {
 		uint8_t *b = blk + s * MB_SIZE;
 		uint32_t nr;
 		uint64_t rs;
-		int err = file_pread_full(fd, b, MB_SIZE, (uint64_t)s * MB_SIZE);
+		int err = vt_read_full(ops, fd, b, MB_SIZE, (uint64_t)s * MB_SIZE);
 
 		ok[s] = false;
 		if (err == -EBADMSG)
@@ -197,7 +197,8 @@ static int read_slots(int fd, uint8_t *blk, uint32_t n, uint64_t region, uint64_
 	return 0;
 }
 
-int intent_verify(int dirfd, const struct superblock *sb, bool ok[2])
+int intent_verify(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+		  bool ok[2])
 {
 	uint8_t *blk = aligned_alloc(MB_SIZE, 2 * MB_SIZE);
 	uint64_t region, seq[2];
@@ -207,12 +208,12 @@ int intent_verify(int dirfd, const struct superblock *sb, bool ok[2])
 	if (!blk)
 		return -ENOMEM;
 	geometry(sb, &region, &n);
-	fd = openat(dirfd, INTENT_NAME, O_RDONLY | O_CLOEXEC);
+	fd = ops->openat(ops, dirfd, INTENT_NAME, O_RDONLY);
 	if (fd < 0) {
 		free(blk);
-		return -errno;
+		return fd;
 	}
-	err = read_slots(fd, blk, n, region, mb_gen_tag(&sb->generation), ok, seq);
+	err = read_slots(ops, fd, blk, n, region, mb_gen_tag(&sb->generation), ok, seq);
 	close(fd);
 	free(blk);
 	return err;
@@ -253,12 +254,12 @@ int intent_open(int dirfd, const struct vt_fsops *ops, const struct superblock *
 	if (!in->state || !in->inflight || !in->touch || !in->wanted || !in->snap || !in->blk)
 		goto fail;
 
-	in->fd = openat(dirfd, INTENT_NAME, O_RDWR | O_CLOEXEC);
+	in->fd = ops->openat(ops, dirfd, INTENT_NAME, O_RDWR);
 	if (in->fd < 0) {
-		err = -errno;
+		err = in->fd;
 		goto fail;
 	}
-	err = read_slots(in->fd, in->blk, n, region, in->gen_tag, ok, seq);
+	err = read_slots(ops, in->fd, in->blk, n, region, in->gen_tag, ok, seq);
 	if (err)
 		goto fail;
 	/*

@@ -101,7 +101,8 @@ void intent_close(struct intent *in);
 
 /* For `voltrack check`: which of the two slots are whole and describe
  * this volume and generation.  -errno when the file cannot be read. */
-int intent_verify(int dirfd, const struct superblock *sb, bool ok[2]);
+int intent_verify(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+		  bool ok[2]);
 
 int intent_start(struct intent *in);	/* the committer thread */
 void intent_stop(struct intent *in);

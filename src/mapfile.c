@@ -69,10 +69,10 @@ int mapfile_create(int dirfd, const struct vt_fsops *ops, const struct superbloc
 
 	if (!blk)
 		return -ENOMEM;
-	fd = openat(dirfd, MAPFILE_NAME ".tmp", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	fd = ops->openat(ops, dirfd, MAPFILE_NAME ".tmp", O_RDWR | O_CREAT | O_TRUNC);
 	if (fd < 0) {
 		free(blk);
-		return -errno;
+		return fd;
 	}
 	header_fill(blk, sb, cm);
 	err = ops->pwrite(ops, fd, blk, MB_SIZE, 0);
@@ -89,12 +89,12 @@ int mapfile_create(int dirfd, const struct vt_fsops *ops, const struct superbloc
 	return err;
 }
 
-static int check_header(int fd, const struct superblock *sb, uint64_t nblocks,
-			uint32_t npages, uint8_t *blk)
+static int check_header(const struct vt_fsops *ops, int fd, const struct superblock *sb,
+			uint64_t nblocks, uint32_t npages, uint8_t *blk)
 {
 	uint64_t seq, nb;
 	uint32_t g, np, pe;
-	int err = file_pread_full(fd, blk, MB_SIZE, 0);
+	int err = vt_read_full(ops, fd, blk, MB_SIZE, 0);
 
 	if (err)
 		return err;
@@ -114,7 +114,8 @@ static int check_header(int fd, const struct superblock *sb, uint64_t nblocks,
  * Walk every page, calling found(page, newest valid slot's block) or
  * lost(page).  Reads in batches: a 1 TiB volume has 4000 pages.
  */
-static int scan_pages(int fd, uint32_t npages, uint64_t tag, uint64_t *max_seq,
+static int scan_pages(const struct vt_fsops *ops, int fd, uint32_t npages, uint64_t tag,
+		      uint64_t *max_seq,
 		      void (*found)(void *arg, uint32_t page, unsigned slot, const uint8_t *blk),
 		      void (*damaged)(void *arg, uint32_t page), void *arg)
 {
@@ -125,11 +126,10 @@ static int scan_pages(int fd, uint32_t npages, uint64_t tag, uint64_t *max_seq,
 	for (uint32_t p0 = 0; p0 < npages; p0 += READ_BATCH) {
 		uint32_t n = npages - p0 < READ_BATCH ? npages - p0 : READ_BATCH;
 		size_t len = (size_t)MB_SIZE * 2 * n;
-		ssize_t got = pread(fd, batch, len, (off_t)slot_offset(p0, 0));
+		ssize_t got = ops->pread(ops, fd, batch, len, slot_offset(p0, 0));
 		if (got < 0) {
-			int err = -errno;
 			free(batch);
-			return err;
+			return (int)got;
 		}
 		if ((size_t)got < len) /* truncated file: the rest reads as garbage */
 			memset(batch + got, 0, len - (size_t)got);
@@ -202,17 +202,23 @@ int mapfile_open(int dirfd, const struct vt_fsops *ops, const struct superblock 
 	mf->cur = malloc(cm->npages ? cm->npages : 1);
 	mf->heal = calloc(cm->npages ? cm->npages : 1, 1);
 	mf->buf = aligned_alloc(MB_SIZE, MB_SIZE);
-	mf->fd = openat(dirfd, MAPFILE_NAME, O_RDWR | O_CLOEXEC);
-	if (!mf->cur || !mf->heal || !mf->buf || mf->fd < 0) {
-		err = mf->fd < 0 && mf->cur && mf->heal && mf->buf ? -errno : -ENOMEM;
+	mf->fd = -1;
+	if (!mf->cur || !mf->heal || !mf->buf) {
+		err = -ENOMEM;
+		goto fail;
+	}
+	mf->fd = ops->openat(ops, dirfd, MAPFILE_NAME, O_RDWR);
+	if (mf->fd < 0) {
+		err = mf->fd;
 		goto fail;
 	}
 	memset(mf->cur, SLOT_NONE, cm->npages ? cm->npages : 1);
-	err = check_header(mf->fd, sb, cm->nblocks, cm->npages, mf->buf);
+	err = check_header(ops, mf->fd, sb, cm->nblocks, cm->npages, mf->buf);
 	if (err)
 		goto fail;
 	struct load_ctx ctx = { mf, cm, rep };
-	err = scan_pages(mf->fd, cm->npages, mf->gen_tag, &mf->seq, load_found, load_damaged, &ctx);
+	err = scan_pages(ops, mf->fd, cm->npages, mf->gen_tag, &mf->seq, load_found,
+			 load_damaged, &ctx);
 	if (err)
 		goto fail;
 	*out = mf;
@@ -293,8 +299,8 @@ void mapfile_close(struct mapfile *mf)
 	free(mf);
 }
 
-int mapfile_verify(int dirfd, const struct superblock *sb, uint64_t nblocks,
-		   struct mapfile_report *rep)
+int mapfile_verify(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+		   uint64_t nblocks, struct mapfile_report *rep)
 {
 	uint32_t npages = (uint32_t)((nblocks + CM_PAGE_ENTRIES - 1) / CM_PAGE_ENTRIES);
 	uint8_t *blk = aligned_alloc(MB_SIZE, MB_SIZE);
@@ -304,15 +310,15 @@ int mapfile_verify(int dirfd, const struct superblock *sb, uint64_t nblocks,
 	memset(rep, 0, sizeof(*rep));
 	if (!blk)
 		return -ENOMEM;
-	fd = openat(dirfd, MAPFILE_NAME, O_RDONLY | O_CLOEXEC);
+	fd = ops->openat(ops, dirfd, MAPFILE_NAME, O_RDONLY);
 	if (fd < 0) {
 		free(blk);
-		return -errno;
+		return fd;
 	}
-	err = check_header(fd, sb, nblocks, npages, blk);
+	err = check_header(ops, fd, sb, nblocks, npages, blk);
 	if (!err) {
 		struct load_ctx ctx = { NULL, NULL, rep };
-		err = scan_pages(fd, npages, mb_gen_tag(&sb->generation), &seq,
+		err = scan_pages(ops, fd, npages, mb_gen_tag(&sb->generation), &seq,
 				 load_found, load_damaged, &ctx);
 	}
 	close(fd);

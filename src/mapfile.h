@@ -50,7 +50,7 @@ int mapfile_persist(struct mapfile *mf, struct changemap *cm);
 void mapfile_close(struct mapfile *mf);
 
 /* Verify every page without loading it: for `voltrack check`. */
-int mapfile_verify(int dirfd, const struct superblock *sb, uint64_t nblocks,
-		   struct mapfile_report *rep);
+int mapfile_verify(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
+		   uint64_t nblocks, struct mapfile_report *rep);
 
 #endif

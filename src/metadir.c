@@ -6,10 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/stat.h>
 #include <unistd.h>
-
-#include "metablock.h"
 
 struct metadir {
 	char *path;
@@ -28,24 +25,40 @@ int metadir_default_path(const char *volume_path, char **out)
 	return 0;
 }
 
-int metadir_open(const char *path, bool create, struct metadir **out)
+/* Make the directory at path and sync its entry in the parent. */
+static int make_dir(const struct vt_fsops *ops, const char *path)
+{
+	char *name;
+	int parent = vt_open_parent(path, &name), err;
+
+	if (parent < 0)
+		return parent;
+	err = ops->mkdirat(ops, parent, name);
+	/* Synced even when it was there already: a run that made it and died
+	 * before this sync may have left an entry a power cut would take
+	 * away, with every file in it. */
+	if (!err || err == -EEXIST)
+		err = ops->fsync_dir(ops, parent);
+	close(parent);
+	free(name);
+	return err;
+}
+
+int metadir_open(const char *path, bool create, const struct vt_fsops *ops,
+		 struct metadir **out)
 {
 	struct metadir *md;
 
 	if (create) {
-		if (mkdir(path, 0700) == 0) {
-			int err = vt_sync_parent(path);
-			if (err)
-				return err;
-		} else if (errno != EEXIST) {
-			return -errno;
-		}
+		int err = make_dir(ops, path);
+		if (err)
+			return err;
 	}
 	md = calloc(1, sizeof(*md));
 	if (!md)
 		return -ENOMEM;
 	md->lockfd = -1;
-	md->ops = &vt_fsops_posix;
+	md->ops = ops;
 	md->path = strdup(path);
 	md->dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (!md->path || md->dirfd < 0) {
@@ -97,9 +110,11 @@ int metadir_lock(struct metadir *md)
 {
 	if (md->lockfd >= 0)
 		return 0;
-	int fd = openat(md->dirfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	/* Its content and its durability do not matter: the lock is the
+	 * flock, held only while this process lives. */
+	int fd = md->ops->openat(md->ops, md->dirfd, "lock", O_RDWR | O_CREAT);
 	if (fd < 0)
-		return -errno;
+		return fd;
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
 		int err = errno == EWOULDBLOCK ? -EBUSY : -errno;
 		close(fd);
@@ -112,12 +127,12 @@ int metadir_lock(struct metadir *md)
 int metadir_read_superblock(struct metadir *md, struct superblock *sb)
 {
 	uint8_t block[SB_SIZE];
-	int fd = openat(md->dirfd, SB_NAME, O_RDONLY | O_CLOEXEC);
+	int fd = md->ops->openat(md->ops, md->dirfd, SB_NAME, O_RDONLY);
 	int err;
 
 	if (fd < 0)
-		return -errno;
-	err = file_pread_full(fd, block, sizeof(block), 0);
+		return fd;
+	err = vt_read_full(md->ops, fd, block, sizeof(block), 0);
 	close(fd);
 	if (err)
 		return err;
@@ -130,9 +145,9 @@ int metadir_write_superblock(struct metadir *md, const struct superblock *sb)
 	int fd, err;
 
 	sb_encode(sb, block);
-	fd = openat(md->dirfd, SB_TMP_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	fd = md->ops->openat(md->ops, md->dirfd, SB_TMP_NAME, O_WRONLY | O_CREAT | O_TRUNC);
 	if (fd < 0)
-		return -errno;
+		return fd;
 	err = md->ops->pwrite(md->ops, fd, block, sizeof(block), 0);
 	return vt_replace_file(md->ops, md->dirfd, fd, SB_TMP_NAME, SB_NAME, err);
 }

@@ -21,15 +21,18 @@ struct metadir;
 /* VOLUME.voltrack for a path; the caller frees the result. */
 int metadir_default_path(const char *volume_path, char **out);
 
-/* Open DIR, creating it (mode 0700, its entry synced) when create is true. */
-int metadir_open(const char *path, bool create, struct metadir **out);
+/* Open DIR, creating it when create is true (mode 0700; its entry in the
+ * parent synced, also when it was there already), with `ops` for every
+ * operation on it (vt_fsops_posix but in tests). */
+int metadir_open(const char *path, bool create, const struct vt_fsops *ops,
+		 struct metadir **out);
 void metadir_close(struct metadir *md);
 
 /* The directory's descriptor, for openat(); owned by md. */
 int metadir_fd(const struct metadir *md);
 
-/* How metadata is written and synced (vt_fsops_posix unless a test
- * says otherwise); every metadata file in the directory uses these. */
+/* How metadata is read, written and synced, and the directory changed;
+ * every metadata file in the directory uses these. */
 const struct vt_fsops *metadir_fsops(const struct metadir *md);
 void metadir_set_fsops(struct metadir *md, const struct vt_fsops *ops);
 

@@ -312,7 +312,7 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 	 * content found damaged is doubted; a call that failed (EACCES,
 	 * ENOMEM, EIO) says nothing of the content, so nothing is reset.
 	 */
-	err = checkpoints_load(t->dirfd, &t->sb, &t->ckpts, &ckpt_damaged);
+	err = checkpoints_load(t->dirfd, t->ops, &t->sb, &t->ckpts, &ckpt_damaged);
 	if (err == -EBADMSG || err == -ENOENT) {
 		snprintf(t->info.start_detail, sizeof(t->info.start_detail),
 			 "checkpoint list unreadable (%s): every checkpoint is gone, "

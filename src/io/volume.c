@@ -42,22 +42,32 @@ int volume_probe(const char *path, enum sb_volume_kind *kind, uint64_t *size)
 	return err;
 }
 
-int volume_create_file(const char *path, uint64_t size)
+int volume_create_file(const struct vt_fsops *ops, const char *path, uint64_t size)
 {
-	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	int err = 0;
+	char *name;
+	int dirfd = vt_open_parent(path, &name), fd, err;
 
-	if (fd < 0)
-		return -errno;
-	if (size > INT64_MAX || ftruncate(fd, (off_t)size) < 0)
-		err = size > INT64_MAX ? -EFBIG : -errno;
-	if (!err && fsync(fd) < 0)
-		err = -errno;
-	close(fd);
+	if (dirfd < 0)
+		return dirfd;
+	fd = ops->openat(ops, dirfd, name, O_WRONLY | O_CREAT | O_EXCL);
+	if (fd < 0) {
+		err = fd;
+		goto out;
+	}
+	err = ops->ftruncate(ops, fd, size);
+	/* The length is what fdatasync must make durable here. */
 	if (!err)
-		err = vt_sync_parent(path);
+		err = ops->fdatasync(ops, fd);
+	close(fd);
+	/* And the entry, or `init` could report a volume that a power cut
+	 * then takes away. */
+	if (!err)
+		err = ops->fsync_dir(ops, dirfd);
 	if (err)
-		unlink(path);
+		ops->unlink(ops, dirfd, name);
+out:
+	close(dirfd);
+	free(name);
 	return err;
 }
 

@@ -33,8 +33,9 @@ struct volume {
 /* Kind and size of an existing path without opening it for writing. */
 int volume_probe(const char *path, enum sb_volume_kind *kind, uint64_t *size);
 
-/* Create a sparse regular file of the given size; -EEXIST if present. */
-int volume_create_file(const char *path, uint64_t size);
+/* Create a sparse regular file of the given size, durably (its length
+ * and its entry synced), through ops; -EEXIST if present. */
+int volume_create_file(const struct vt_fsops *ops, const char *path, uint64_t size);
 
 int volume_open(const char *path, unsigned flags, struct volume **out);
 void volume_close(struct volume *vol);

@@ -1,4 +1,5 @@
 #include "faultfs.h"
+#include "faultfs_impl.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -13,23 +14,16 @@
 
 #define SECTOR 512
 
-/* One file written through faultfs, for as long as it has unsynced
- * writes: its own read-write descriptor, so that a crash can still undo
- * them after the tracker closed its descriptor. */
-struct fault_file {
-	dev_t dev;
-	ino_t ino;
-	int fd;
-	unsigned refs;
-	struct fault_file *next;
-};
-
+/* An unsynced write (off, len, the bytes it replaced and its own), or
+ * change of the file's length (resize). */
 struct fault_write {
 	struct fault_file *file;
 	uint64_t off;
 	size_t len;
 	uint8_t *old;
 	uint8_t *data;
+	bool resize;		/* an ftruncate from old_len to new_len */
+	uint64_t old_len, new_len;
 	bool failed;		/* a sync of its file failed while it was unsynced */
 	struct fault_write *next, *prev;
 };
@@ -45,7 +39,8 @@ uint64_t faultfs_random(struct faultfs *ff)
 
 /* ---- files ---- */
 
-static struct fault_file *file_get(struct faultfs *ff, int fd, int *err)
+/* The record of fd's file (a directory too), made on first use. */
+struct fault_file *ff_file_get(struct faultfs *ff, int fd, int *err)
 {
 	struct stat st;
 	char path[64];
@@ -66,7 +61,7 @@ static struct fault_file *file_get(struct faultfs *ff, int fd, int *err)
 		return NULL;
 	}
 	/* A descriptor of our own that can read (the tracker's may be
-	 * write-only) and outlives the tracker's. */
+	 * write-only) and outlives the tracker's; a directory's is a copy. */
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
 	f->fd = open(path, O_RDWR | O_CLOEXEC);
 	if (f->fd < 0)
@@ -84,7 +79,7 @@ static struct fault_file *file_get(struct faultfs *ff, int fd, int *err)
 	return f;
 }
 
-static void file_put(struct faultfs *ff, struct fault_file *f)
+void ff_file_put(struct faultfs *ff, struct fault_file *f)
 {
 	if (--f->refs)
 		return;
@@ -98,7 +93,7 @@ static void file_put(struct faultfs *ff, struct fault_file *f)
 	free(f);
 }
 
-static bool same_file(const struct fault_file *f, const struct stat *st)
+bool ff_same_file(const struct fault_file *f, const struct stat *st)
 {
 	return f->dev == st->st_dev && f->ino == st->st_ino;
 }
@@ -124,28 +119,46 @@ static bool name_matches(int fd, const char *want)
 static bool has_dirty(struct faultfs *ff, const struct stat *st)
 {
 	for (struct fault_write *w = ff->head; w; w = w->next)
-		if (!w->failed && same_file(w->file, st))
+		if (!w->failed && ff_same_file(w->file, st))
 			return true;
 	return false;
 }
 
-/* The fault this call fails, if any.  Called with the lock held; st is
- * fd's for a sync.  The earliest armed fault that fires takes the call;
- * later ones do not see it. */
-static struct fault *fault_take(struct faultfs *ff, enum fault_op op, int fd,
-				const struct stat *st)
+/* Does the call name `want`?  See fault_spec.file. */
+static bool call_names(struct faultfs *ff, const struct fault_call *c, const char *want)
 {
+	if (c->op == FAULT_FSYNC_DIR)
+		return ff_entries_pending(ff, c->st, want);
+	if (c->name)
+		return strcmp(c->name, want) == 0 || (c->name2 && strcmp(c->name2, want) == 0);
+	return name_matches(c->fd, want);
+}
+
+/* Has the sync something to make durable? */
+static bool sync_has_work(struct faultfs *ff, const struct fault_call *c)
+{
+	if (c->op == FAULT_FSYNC_DIR)
+		return ff_entries_pending(ff, c->st, NULL);
+	return has_dirty(ff, c->st);
+}
+
+/* The earliest armed fault that fires takes the call; later ones do not
+ * see it. */
+struct fault *ff_fault_take(struct faultfs *ff, const struct fault_call *c)
+{
+	bool sync = c->op == FAULT_FDATASYNC || c->op == FAULT_FSYNC_DIR;
+
 	for (unsigned i = 0; i < ff->nfaults; i++) {
 		struct fault *f = &ff->faults[i];
 		unsigned times = f->spec.times ? f->spec.times : 1;
 
-		if (!f->armed || f->spec.op != op)
+		if (!f->armed || f->spec.op != c->op)
 			continue;
-		if (f->spec.fd >= 0 && f->spec.fd != fd)
+		if (f->spec.fd >= 0 && f->spec.fd != c->fd)
 			continue;
-		if (f->file[0] && !name_matches(fd, f->file))
+		if (f->file[0] && !call_names(ff, c, f->file))
 			continue;
-		if (op == FAULT_FDATASYNC && !f->spec.even_clean && !has_dirty(ff, st))
+		if (sync && !f->spec.even_clean && !sync_has_work(ff, c))
 			continue;
 		if (f->seen++ < f->spec.skip)
 			continue;
@@ -252,6 +265,16 @@ void faultfs_disarm_all(struct faultfs *ff)
 
 /* ---- the file operations ---- */
 
+static void append_write(struct faultfs *ff, struct fault_write *w)
+{
+	w->prev = ff->tail;
+	if (ff->tail)
+		ff->tail->next = w;
+	else
+		ff->head = w;
+	ff->tail = w;
+}
+
 /* Apply and remember one write.  Called with the lock held. */
 static int record_write(struct faultfs *ff, int fd, const void *buf, size_t len, uint64_t off)
 {
@@ -264,10 +287,10 @@ static int record_write(struct faultfs *ff, int fd, const void *buf, size_t len,
 	w->len = len;
 	w->old = calloc(1, len);
 	w->data = malloc(len);
-	w->file = file_get(ff, fd, &err);
+	w->file = ff_file_get(ff, fd, &err);
 	if (!w->old || !w->data || !w->file) {
 		if (w->file)
-			file_put(ff, w->file);
+			ff_file_put(ff, w->file);
 		free(w->old);
 		free(w->data);
 		free(w);
@@ -280,18 +303,13 @@ static int record_write(struct faultfs *ff, int fd, const void *buf, size_t len,
 	(void)got;
 	err = file_pwrite_full(fd, buf, len, off);
 	if (err) {
-		file_put(ff, w->file);
+		ff_file_put(ff, w->file);
 		free(w->old);
 		free(w->data);
 		free(w);
 		return err;
 	}
-	w->prev = ff->tail;
-	if (ff->tail)
-		ff->tail->next = w;
-	else
-		ff->head = w;
-	ff->tail = w;
+	append_write(ff, w);
 	return 0;
 }
 
@@ -302,7 +320,8 @@ static int ff_pwrite(const struct vt_fsops *ops, int fd, const void *buf, size_t
 	int err = 0;
 
 	pthread_mutex_lock(&ff->lock);
-	struct fault *f = fault_take(ff, FAULT_PWRITE, fd, NULL);
+	struct fault_call c = { .op = FAULT_PWRITE, .fd = fd };
+	struct fault *f = ff_fault_take(ff, &c);
 	size_t n = len;
 	if (f) {
 		n = f->spec.apply < len ? f->spec.apply : (len ? len - 1 : 0);
@@ -317,6 +336,58 @@ static int ff_pwrite(const struct vt_fsops *ops, int fd, const void *buf, size_t
 	return err;
 }
 
+/* Reads see every write at once, as from the page cache. */
+static ssize_t ff_pread(const struct vt_fsops *ops, int fd, void *buf, size_t len,
+			uint64_t off)
+{
+	struct faultfs *ff = (struct faultfs *)ops;
+	struct fault_call c = { .op = FAULT_PREAD, .fd = fd };
+	ssize_t n;
+
+	pthread_mutex_lock(&ff->lock);
+	struct fault *f = ff_fault_take(ff, &c);
+	n = f ? f->spec.err : vt_fsops_posix.pread(&vt_fsops_posix, fd, buf, len, off);
+	pthread_mutex_unlock(&ff->lock);
+	return n;
+}
+
+static int ff_ftruncate(const struct vt_fsops *ops, int fd, uint64_t len)
+{
+	struct faultfs *ff = (struct faultfs *)ops;
+	struct fault_call c = { .op = FAULT_FTRUNCATE, .fd = fd };
+	struct fault_write *w = NULL;
+	struct stat st;
+	int err = 0;
+
+	pthread_mutex_lock(&ff->lock);
+	struct fault *f = ff_fault_take(ff, &c);
+	if (f) {
+		err = f->spec.err;
+		goto out;
+	}
+	w = calloc(1, sizeof(*w));
+	if (!w || fstat(fd, &st) < 0) {
+		err = w ? -errno : -ENOMEM;
+		goto out;
+	}
+	w->resize = true;
+	w->old_len = (uint64_t)st.st_size;
+	w->new_len = len;
+	w->file = ff_file_get(ff, fd, &err);
+	if (w->file)
+		err = vt_fsops_posix.ftruncate(&vt_fsops_posix, fd, len);
+	if (!err) {
+		append_write(ff, w);
+		w = NULL;
+	} else if (w->file) {
+		ff_file_put(ff, w->file);
+	}
+out:
+	pthread_mutex_unlock(&ff->lock);
+	free(w);
+	return err;
+}
+
 static void unlink_write(struct faultfs *ff, struct fault_write *w)
 {
 	if (w->prev)
@@ -327,7 +398,7 @@ static void unlink_write(struct faultfs *ff, struct fault_write *w)
 		w->next->prev = w->prev;
 	else
 		ff->tail = w->prev;
-	file_put(ff, w->file);
+	ff_file_put(ff, w->file);
 	free(w->old);
 	free(w->data);
 	free(w);
@@ -354,11 +425,12 @@ static int ff_fdatasync(const struct vt_fsops *ops, int fd)
 	if (fstat(fd, &st) < 0)
 		return -errno;
 	pthread_mutex_lock(&ff->lock);
-	struct fault *f = fault_take(ff, FAULT_FDATASYNC, fd, &st);
+	struct fault_call c = { .op = FAULT_FDATASYNC, .fd = fd, .st = &st };
+	struct fault *f = ff_fault_take(ff, &c);
 	if (f) {
 		/* Written back or not, none of it will be written again. */
 		for (struct fault_write *w = ff->head; w; w = w->next) {
-			if (same_file(w->file, &st) && !w->failed) {
+			if (ff_same_file(w->file, &st) && !w->failed) {
 				w->failed = true;
 				ff->failed_writes++;
 			}
@@ -369,7 +441,7 @@ static int ff_fdatasync(const struct vt_fsops *ops, int fd)
 		 * for the writes whose writeback failed before. */
 		for (struct fault_write *w = ff->head, *next; w; w = next) {
 			next = w->next;
-			if (!same_file(w->file, &st) || w->failed)
+			if (!ff_same_file(w->file, &st) || w->failed)
 				continue;
 			for (struct fault_write *o = ff->head; ff->failed_writes && o != w; o = o->next)
 				if (o->failed && o->file == w->file)
@@ -386,8 +458,17 @@ void faultfs_init(struct faultfs *ff, uint64_t seed)
 	pthread_condattr_t ca;
 
 	memset(ff, 0, sizeof(*ff));
-	ff->ops.pwrite = ff_pwrite;
-	ff->ops.fdatasync = ff_fdatasync;
+	ff->ops = (struct vt_fsops){
+		.pwrite = ff_pwrite,
+		.pread = ff_pread,
+		.ftruncate = ff_ftruncate,
+		.fdatasync = ff_fdatasync,
+		.openat = ff_openat,
+		.mkdirat = ff_mkdirat,
+		.rename = ff_rename,
+		.unlink = ff_unlink,
+		.fsync_dir = ff_fsync_dir,
+	};
 	ff->rng = seed ? seed : 0x9e3779b97f4a7c15ull;
 	pthread_mutex_init(&ff->lock, NULL);
 	pthread_condattr_init(&ca);
@@ -396,10 +477,12 @@ void faultfs_init(struct faultfs *ff, uint64_t seed)
 	pthread_condattr_destroy(&ca);
 }
 
+/* What is left unsynced stays as it is now, as if it had been synced. */
 void faultfs_destroy(struct faultfs *ff)
 {
 	while (ff->head)
 		unlink_write(ff, ff->head);
+	ff_entries_forget(ff);
 	pthread_cond_destroy(&ff->fired_cond);
 	pthread_mutex_destroy(&ff->lock);
 }
@@ -413,7 +496,7 @@ unsigned faultfs_pending(struct faultfs *ff, int fd)
 		return 0;
 	pthread_mutex_lock(&ff->lock);
 	for (struct fault_write *w = ff->head; w; w = w->next)
-		n += fd < 0 || same_file(w->file, &st);
+		n += fd < 0 || ff_same_file(w->file, &st);
 	pthread_mutex_unlock(&ff->lock);
 	return n;
 }
@@ -424,8 +507,14 @@ static unsigned crash(struct faultfs *ff, bool lose_all)
 
 	pthread_mutex_lock(&ff->lock);
 	/* Back to what was durable... */
-	for (struct fault_write *w = ff->tail; w; w = w->prev, n++)
-		file_pwrite_full(w->file->fd, w->old, w->len, w->off);
+	for (struct fault_write *w = ff->tail; w; w = w->prev, n++) {
+		if (w->resize) {
+			if (ftruncate(w->file->fd, (off_t)w->old_len) < 0)
+				perror("faultfs: undoing a resize");
+		} else {
+			file_pwrite_full(w->file->fd, w->old, w->len, w->off);
+		}
+	}
 	/* ...then whatever the disk happened to get to. */
 	ff->kept = ff->dropped = ff->torn = ff->lost_failed = 0;
 	for (struct fault_write *w = ff->head; w; w = w->next) {
@@ -437,6 +526,16 @@ static unsigned crash(struct faultfs *ff, bool lose_all)
 		}
 		if (lose_all) {
 			ff->dropped++;
+			continue;
+		}
+		if (w->resize) {
+			if (faultfs_random(ff) & 1) {
+				ff->dropped++;
+			} else {
+				ff->kept++;
+				if (ftruncate(w->file->fd, (off_t)w->new_len) < 0)
+					perror("faultfs: redoing a resize");
+			}
 			continue;
 		}
 		switch (faultfs_random(ff) % 4) {
@@ -459,6 +558,7 @@ static unsigned crash(struct faultfs *ff, bool lose_all)
 	}
 	while (ff->head)
 		unlink_write(ff, ff->head);
+	n += ff_entries_crash(ff, lose_all);
 	pthread_mutex_unlock(&ff->lock);
 	return n;
 }

@@ -6,7 +6,10 @@
  * Each trial writes, flushes, checkpoints and pauses (so the flusher
  * persists and clears intents), then cuts power: any subset of unsynced
  * writes, data and metadata alike, is lost or torn at 512-byte sectors.
- * Recovery then opens the tracker as a restarted server would.
+ * One trial in four first closes cleanly, but the directory sync after
+ * the superblock's rename fails, so the cut keeps the new superblock or
+ * brings the old one back.  Recovery then opens the tracker as a
+ * restarted server would.
  *
  * The reference is independent of the tracker: at every checkpoint the
  * test hashes each block of the volume as it stood.  After the crash,
@@ -172,7 +175,7 @@ static void setup(struct run *r)
 	}
 	r->vol = r->volume->fd;
 
-	metadir_open(r->meta_path, true, &r->md);
+	metadir_open(r->meta_path, true, &vt_fsops_posix, &r->md);
 	metadir_lock(r->md);
 	vt_uuid_generate(&sb.volume_uuid);
 	vt_uuid_generate(&sb.generation);
@@ -268,7 +271,7 @@ int main(void)
 	uint64_t seed = seed_env ? strtoull(seed_env, NULL, 0) : (uint64_t)time(NULL);
 	static struct run run;
 	struct run *r = &run;
-	unsigned lost = 0, torn = 0, kept = 0;
+	unsigned lost = 0, torn = 0, kept = 0, closes = 0, sb_lost = 0, sb_kept = 0;
 
 	faultfs_init(&r->ff, seed);
 	pthread_mutex_init(&r->lock, NULL);
@@ -292,8 +295,30 @@ int main(void)
 		if (err)
 			break;
 		workload(r, t, trial);
-		tracker_abandon(t);		/* the power goes out... */
+		bool closing = faultfs_random(&r->ff) % 4 == 0;
+		if (closing) {
+			int f = faultfs_fail_file(&r->ff, FAULT_FSYNC_DIR, "superblock", 0, -EIO);
+			identity(r->vol, &id);
+			err = tracker_close(t, &id);
+			check(r, err == -EIO && faultfs_fired(&r->ff, f) == 1, "trial %u: a close "
+			      "whose directory sync fails reports it: %s", trial, strerror(-err));
+			faultfs_disarm_all(&r->ff);
+			closes++;
+		} else {
+			tracker_abandon(t);	/* the power goes out... */
+		}
 		faultfs_crash(&r->ff);		/* ...and the disk keeps what it kept */
+		if (closing) {
+			/* the superblock's rename is the last change of the two */
+			struct superblock sb;
+			err = metadir_read_superblock(r->md, &sb);
+			check(r, err == 0, "trial %u: the superblock is whole after the cut: %s",
+			      trial, strerror(-err));
+			if (!err && (sb.state & SB_STATE_CLEAN))
+				sb_kept++;
+			else
+				sb_lost++;
+		}
 		lost += r->ff.dropped;
 		torn += r->ff.torn;
 		kept += r->ff.kept;
@@ -310,6 +335,8 @@ int main(void)
 		check(r, err == 0, "trial %u: clean close after recovery: %s", trial, strerror(-err));
 	}
 	printf("unsynced writes at the cuts: %u lost, %u torn, %u kept\n", lost, torn, kept);
+	printf("closes cut before the superblock's directory sync: %u; the clean superblock "
+	       "kept %u, the old one back %u\n", closes, sb_kept, sb_lost);
 	printf("checks: %llu, missed blocks: %llu, over-reported: %.1f MiB per check\n",
 	       (unsigned long long)r->checks, (unsigned long long)r->missed,
 	       r->checks ? (double)r->over_blocks * GRAN / r->checks / (1 << 20) : 0.0);

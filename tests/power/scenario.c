@@ -122,7 +122,7 @@ void begin(struct scen *s, const char *label, uint64_t seed)
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
 	snprintf(s->meta, sizeof(s->meta), "%s/meta-%u", top_dir, n++);
-	if (volume_open(vol_path, 0, &s->vol) || metadir_open(s->meta, true, &s->md) ||
+	if (volume_open(vol_path, 0, &s->vol) || metadir_open(s->meta, true, &vt_fsops_posix, &s->md) ||
 	    metadir_lock(s->md)) {
 		printf("cannot open the volume or the metadata directory\n");
 		exit(2);

@@ -153,7 +153,7 @@ static void test_checkpoint_list_round_trip_and_damage(void **state)
 	b->open_epoch = CKPT_MAX + 1;
 	assert_int_equal(checkpoints_store(dirfd, &vt_fsops_posix, &sb, a, b, &touched), 0);
 	assert_true(touched);
-	assert_int_equal(checkpoints_load(dirfd, &sb, c, &damaged), 0);
+	assert_int_equal(checkpoints_load(dirfd, &vt_fsops_posix, &sb, c, &damaged), 0);
 	assert_false(damaged);
 	assert_int_equal(c->n, CKPT_MAX);
 	assert_int_equal(c->open_epoch, CKPT_MAX + 1);
@@ -166,18 +166,18 @@ static void test_checkpoint_list_round_trip_and_damage(void **state)
 	uint64_t off = (uint64_t)c->slot * 64 * 4096 + 5000;
 	char x = 0x55;
 	assert_int_equal(pwrite(fd, &x, 1, (off_t)off), 1);
-	assert_int_equal(checkpoints_load(dirfd, &sb, c, &damaged), 0);
+	assert_int_equal(checkpoints_load(dirfd, &vt_fsops_posix, &sb, c, &damaged), 0);
 	assert_true(damaged);
 	assert_int_equal(c->n, 0);
 	/* damage the survivor too: unreadable */
 	assert_int_equal(pwrite(fd, &x, 1, (off_t)((uint64_t)c->slot * 64 * 4096 + 100)), 1);
-	assert_int_equal(checkpoints_load(dirfd, &sb, c, &damaged), -EBADMSG);
+	assert_int_equal(checkpoints_load(dirfd, &vt_fsops_posix, &sb, c, &damaged), -EBADMSG);
 	/* another generation's file is not ours */
 	close(fd);
 	sb.generation.bytes[0] ^= 1;
 	assert_int_equal(checkpoints_create(dirfd, &vt_fsops_posix, &sb, a), 0);
 	sb.generation.bytes[0] ^= 1;
-	assert_int_equal(checkpoints_load(dirfd, &sb, c, &damaged), -EBADMSG);
+	assert_int_equal(checkpoints_load(dirfd, &vt_fsops_posix, &sb, c, &damaged), -EBADMSG);
 	close(dirfd);
 	free(a);
 	free(b);

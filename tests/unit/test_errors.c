@@ -142,6 +142,7 @@ static int setup(void **state)
 	f->md = f->tv.md;
 	f->vol = f->tv.vol;
 
+	f->fs.ops = vt_fsops_posix;	/* but for the two it watches */
 	f->fs.ops.pwrite = f_pwrite;
 	f->fs.ops.fdatasync = f_fdatasync;
 	pthread_mutex_init(&f->fs.lock, NULL);

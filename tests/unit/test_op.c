@@ -94,7 +94,9 @@ static int setup(void **state)
 	struct tracker_config cfg;
 	struct volume_identity id;
 
-	f->fs.ops = (struct vt_fsops){ .pwrite = faulty_pwrite, .fdatasync = faulty_fdatasync };
+	f->fs.ops = vt_fsops_posix;
+	f->fs.ops.pwrite = faulty_pwrite;
+	f->fs.ops.fdatasync = faulty_fdatasync;
 	assert_int_equal(testvol_create(&f->tv, "voltrack-op", VOL_SIZE, G, &f->fs.ops), 0);
 	f->md = f->tv.md;
 	f->vol = f->tv.vol;

@@ -23,11 +23,11 @@ int testvol_create(struct testvol *tv, const char *prefix, uint64_t size, uint32
 		return -errno;
 	snprintf(tv->vol_path, sizeof(tv->vol_path), "%s/disk.img", tv->dir);
 	snprintf(tv->meta_path, sizeof(tv->meta_path), "%s/meta", tv->dir);
-	err = volume_create_file(tv->vol_path, size);
+	err = volume_create_file(&vt_fsops_posix, tv->vol_path, size);
 	if (!err)
 		err = volume_open(tv->vol_path, 0, &tv->vol);
 	if (!err)
-		err = metadir_open(tv->meta_path, true, &tv->md);
+		err = metadir_open(tv->meta_path, true, &vt_fsops_posix, &tv->md);
 	if (!err)
 		err = metadir_lock(tv->md);
 	if (!err && ops)
