@@ -179,11 +179,11 @@ int checkpoints_write(int dirfd, const struct vt_fsops *ops, const struct superb
 
 int checkpoints_sync(int dirfd, const struct vt_fsops *ops)
 {
-	int fd = openat(dirfd, CHECKPOINTS_NAME, O_WRONLY | O_CLOEXEC);
+	int fd = ops->openat(ops, dirfd, CHECKPOINTS_NAME, O_WRONLY);
 	int err;
 
 	if (fd < 0)
-		return -errno;
+		return fd;
 	/* Any descriptor of the file will do: writeback is per inode. */
 	err = ops->fdatasync(ops, fd);
 	close(fd);

@@ -97,8 +97,8 @@ static int create_map(int dirfd, const struct vt_fsops *ops, uint32_t chunk_size
 		if (plen)
 			memcpy(hdr + 64, cfg->data_path, plen);
 		put32(hdr + 12, crc32c(0, hdr, DS_STATE_OFFSET));
-		fd = openat(dirfd, DS_MAP_NAME ".tmp", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		err = fd < 0 ? -errno : ops->pwrite(ops, fd, hdr, DS_STATE_OFFSET, 0);
+		fd = ops->openat(ops, dirfd, DS_MAP_NAME ".tmp", O_RDWR | O_CREAT | O_TRUNC);
+		err = fd < 0 ? fd : ops->pwrite(ops, fd, hdr, DS_STATE_OFFSET, 0);
 	}
 	free(hdr);
 	if (fd < 0)
@@ -107,9 +107,9 @@ static int create_map(int dirfd, const struct vt_fsops *ops, uint32_t chunk_size
 	err = vt_replace_file(ops, dirfd, fd, DS_MAP_NAME ".tmp", DS_MAP_NAME, err);
 	if (err)
 		return err;
-	fd = openat(dirfd, DS_MAP_NAME, O_RDWR | O_CLOEXEC);
+	fd = ops->openat(ops, dirfd, DS_MAP_NAME, O_RDWR);
 	if (fd < 0)
-		return -errno;
+		return fd;
 	*out = fd;
 	return 0;
 }
@@ -166,7 +166,7 @@ static void read_mark(struct diffstore *ds)
 	ds->found_pending = false;
 	if (!blk)
 		return;
-	if (file_pread_full(ds->map_fd, blk, 4096, DS_STATE_OFFSET) == 0) {
+	if (vt_read_full(ds->ops, ds->map_fd, blk, 4096, DS_STATE_OFFSET) == 0) {
 		uint32_t crc = get32(blk + 8);
 		memset(blk + 8, 0, 4);
 		if (!memcmp(blk, zero, 16) && crc == 0) {
@@ -254,11 +254,11 @@ int diffstore_settle(struct diffstore *ds, bool when_quiet)
 	return err;
 }
 
-static int read_header(int fd, uint32_t *chunk_size, struct vt_uuid *id, uint64_t *limit,
+static int read_header(const struct vt_fsops *ops, int fd, uint32_t *chunk_size, struct vt_uuid *id, uint64_t *limit,
 		       char **path)
 {
 	uint8_t *hdr = malloc(DS_STATE_OFFSET);
-	int err = hdr ? file_pread_full(fd, hdr, DS_STATE_OFFSET, 0) : -ENOMEM;
+	int err = hdr ? vt_read_full(ops, fd, hdr, DS_STATE_OFFSET, 0) : -ENOMEM;
 
 	if (!err) {
 		uint32_t crc = get32(hdr + 12);
@@ -301,7 +301,7 @@ static int check_data_header(struct diffstore *ds, bool empty)
 			err = ds->ops->fdatasync(ds->ops, ds->data_fd);
 		ds->data_new = true;
 	} else if (!err) {
-		err = file_pread_full(ds->data_fd, blk, DS_DATA_OFFSET, 0);
+		err = vt_read_full(ds->ops, ds->data_fd, blk, DS_DATA_OFFSET, 0);
 		if (!err && (memcmp(blk, DATA_MAGIC, 8) || memcmp(blk + 8, ds->id.bytes, 16)))
 			err = -EXDEV;
 	}
@@ -324,14 +324,14 @@ int diffstore_open(int dirfd, const struct vt_fsops *ops, const struct diffstore
 	ds->data_fd = ds->map_fd = -1;
 	uint64_t dflt_limit = 0;
 	char *dflt_path = NULL;
-	ds->map_fd = openat(dirfd, DS_MAP_NAME, O_RDWR | O_CLOEXEC);
-	if (ds->map_fd < 0 && errno == ENOENT)
+	ds->map_fd = ops->openat(ops, dirfd, DS_MAP_NAME, O_RDWR);
+	if (ds->map_fd == -ENOENT)
 		err = create_map(dirfd, ops, chunk_size, &(struct diffstore_config){ 0 }, &ds->id,
 				 &ds->map_fd);
 	else if (ds->map_fd < 0)
-		err = -errno;
+		err = ds->map_fd;
 	else
-		err = read_header(ds->map_fd, &have_chunk, &ds->id, &dflt_limit, &dflt_path);
+		err = read_header(ops, ds->map_fd, &have_chunk, &ds->id, &dflt_limit, &dflt_path);
 	if (!err && have_chunk != chunk_size)
 		err = -EINVAL;
 	/* This run's options first, then what init recorded, then defaults. */
@@ -339,10 +339,16 @@ int diffstore_open(int dirfd, const struct vt_fsops *ops, const struct diffstore
 	const char *path = cfg->data_path ? cfg->data_path : dflt_path;
 	if (!err) {
 		ds->own_path = !path;
+		/* A path of the user's own is outside the metadata directory,
+		 * which is all the simulator models. */
 		ds->data_fd = path ? open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600) :
-			openat(dirfd, DS_DATA_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+			ops->openat(ops, dirfd, DS_DATA_NAME, O_RDWR | O_CREAT);
 		if (ds->data_fd < 0)
-			err = -errno;
+			err = path ? -errno : ds->data_fd;
+		/* A data file made here must stay: its entry is synced (if
+		 * it is lost all the same, a new one invalidates the copies). */
+		if (!err && !path)
+			err = ops->fsync_dir(ops, dirfd);
 	}
 	free(dflt_path);
 	if (!err && fstat(ds->data_fd, &st) < 0)
@@ -382,10 +388,9 @@ int diffstore_create(int dirfd, const struct vt_fsops *ops, const struct diffsto
 	/* A data file left by an earlier history would not match the new
 	 * store id: empty it, so that the first open stamps it. */
 	fd = cfg->data_path ? open(cfg->data_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) :
-			      openat(dirfd, DS_DATA_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-				     0600);
+			      ops->openat(ops, dirfd, DS_DATA_NAME, O_WRONLY | O_CREAT | O_TRUNC);
 	if (fd < 0)
-		return -errno;
+		return cfg->data_path ? -errno : fd;
 	err = ops->fdatasync(ops, fd);
 	close(fd);
 	if (!err)
@@ -428,7 +433,7 @@ int diffstore_scan(struct diffstore *ds,
 	ds->next_slot = 0;
 	for (uint64_t s = 0; s < nrec; s += BATCH) {
 		uint64_t n = nrec - s < BATCH ? nrec - s : BATCH;
-		int err = file_pread_full(ds->map_fd, buf, n * DS_RECORD_SIZE,
+		int err = vt_read_full(ds->ops, ds->map_fd, buf, n * DS_RECORD_SIZE,
 					  diffstore_record_offset((uint32_t)s));
 		if (err) {
 			free(buf);

@@ -174,7 +174,7 @@ static void write_done(struct vt_op *op, int err)
 
 static void test_hold_waits_on_own_io(void **state)
 {
-	struct blocking_fsops bf = { .ops = { .pwrite = bf_pwrite, .fdatasync = bf_fdatasync } };
+	struct blocking_fsops bf = { .ops = vt_fsops_posix };
 	struct testvol tv;
 	struct tracker_config cfg;
 	struct volume_identity id;
@@ -186,6 +186,8 @@ static void test_hold_waits_on_own_io(void **state)
 	pthread_t th;
 
 	(void)state;
+	bf.ops.pwrite = bf_pwrite;
+	bf.ops.fdatasync = bf_fdatasync;
 	pthread_mutex_init(&bf.lock, NULL);
 	pthread_cond_init(&bf.cond, NULL);
 	assert_int_equal(testvol_create(&tv, "voltrack-gate", 256ull << 20, 64u << 10, &bf.ops), 0);
