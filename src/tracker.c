@@ -10,6 +10,7 @@
 #include "log.h"
 #include "metablock.h"
 #include "pause.h"
+#include "untracked.h"
 
 struct tracker {
 	struct metadir *md;
@@ -78,73 +79,6 @@ int tracker_format(struct metadir *md, const struct superblock *sb)
 	}
 	changemap_free(&cm);
 	return err;
-}
-
-/* The identity recorded at the clean close against the volume now; NULL
- * when it matches and can be trusted to, else why not. */
-static const char *changed_since_close(const struct superblock *sb,
-				       const struct volume_identity *id)
-{
-	if (sb->id_size != id->size)
-		return "the volume changed size while nothing tracked it: everything is "
-		       "reported changed";
-	if (sb->volume_kind != SB_KIND_FILE)
-		return NULL; /* a block device's node says nothing of its content */
-	if (sb->id_ino != id->ino || sb->id_ctime_ns != id->ctime_ns)
-		return "the volume was modified while nothing tracked it (inode or ctime "
-		       "differ): everything is reported changed";
-	struct volume_identity then = { .ctime_ns = sb->id_ctime_ns, .taken_ns = sb->id_taken_ns };
-	if (sb->id_taken_ns && !volume_identity_decisive(&then))
-		return "the volume was closed within its filesystem's timestamp granularity of "
-		       "its last write, so a later change could leave its ctime as it was: "
-		       "everything is reported changed";
-	return NULL;
-}
-
-/*
- * After an unclean stop, could anything but the tracker have written the
- * volume since?  The newest intent commit says (see intent.h): with no
- * region set it holds the volume's identity, which must still match;
- * otherwise it holds the write lease, and the tracker issued no write
- * whose ctime is past it.  NULL when the intents can be trusted, else
- * why not.  Block devices have no ctime: only their size can tell.
- */
-static const char *written_after_crash(const struct superblock *sb,
-				       const struct intent_stamp *st,
-				       const struct volume_identity *id)
-{
-	bool file = sb->volume_kind == SB_KIND_FILE;
-
-	if (id->size != sb->volume_size || (st->id.size && st->id.size != id->size))
-		return "the volume changed size after the last server stopped uncleanly: "
-		       "everything is reported changed";
-	if (!file)
-		return NULL;
-	if (st->id.ino && st->id.ino != id->ino)
-		return "the volume file was replaced after the last server stopped uncleanly: "
-		       "everything is reported changed";
-	if (id->ctime_ns < st->id.ctime_ns)
-		return "the volume's ctime went backwards after the last server stopped "
-		       "uncleanly (a restored file system, or a clock set back): everything "
-		       "is reported changed";
-	if (st->quiet) {
-		struct volume_identity then = { .ctime_ns = st->id.ctime_ns,
-						 .taken_ns = st->id.taken_ns };
-		if (st->id.ctime_ns != id->ctime_ns)
-			return "the volume was modified after the last server stopped uncleanly "
-			       "(its ctime differs from when it was last idle): everything is "
-			       "reported changed";
-		if (!volume_identity_decisive(&then))
-			return "the last server stopped uncleanly within its file system's "
-			       "timestamp granularity of its last write, so a later change could "
-			       "leave the ctime as it was: everything is reported changed";
-		return NULL;
-	}
-	if (st->lease_ns == 0 || id->ctime_ns > st->lease_ns)
-		return "the volume was modified after the last server stopped uncleanly "
-		       "(its ctime is past the server's last write lease): everything is "
-		       "reported changed";
-	return NULL;
 }
 
 /* For intent commits: the volume's identity now (see intent.h). */
@@ -368,7 +302,7 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 				       "the volume was served without tracking (serve --no-track) "
 				       "since the last tracked run: everything is reported changed");
 	} else if (!(t->sb.state & SB_STATE_CLEAN)) {
-		why = written_after_crash(&t->sb, &stamp, id);
+		why = untracked_after_crash(&t->sb, &stamp, id);
 		if (why) {
 			err = doubt_everything(t, TRACKER_START_OFFLINE_CHANGE, why);
 		} else {
@@ -377,7 +311,7 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 				 "not closed cleanly: %u write-intent region(s) counted as changed",
 				 set);
 		}
-	} else if ((why = changed_since_close(&t->sb, id))) {
+	} else if ((why = untracked_since_close(&t->sb, id))) {
 		err = doubt_everything(t, TRACKER_START_OFFLINE_CHANGE, why);
 	}
 	if (!err)
