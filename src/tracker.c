@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "epochs.h"
 #include "log.h"
 #include "metablock.h"
 #include "pause.h"
@@ -27,6 +28,9 @@ struct tracker {
 	struct checkpoint_list ckpts;
 	_Atomic uint8_t open_epoch;
 	atomic_uint tick;
+	pthread_mutex_t persist_lock;	/* map persists; taken after lock */
+	struct epochs_seq numbering;	/* readers' tickets (epochs.h) */
+	uint64_t serials;		/* the last checkpoint serial given */
 
 	bool live;
 	pthread_t flusher;
@@ -125,6 +129,7 @@ static int reset_history(struct tracker *t, bool keep_checkpoints, bool all_chan
 		t->ckpts.n = 0;
 		t->ckpts.open_epoch = 1;
 	}
+	t->ckpts.numbering.boundary = 0; /* the new map file holds memory's numbering */
 	/*
 	 * The intents are about to be emptied: the data they cover (the
 	 * crashed server's writes, possibly still only in the page cache)
@@ -169,6 +174,7 @@ static void free_tracker(struct tracker *t)
 	mapfile_close(t->mf);
 	changemap_free(&t->cm);
 	pthread_mutex_destroy(&t->lock);
+	pthread_mutex_destroy(&t->persist_lock);
 	pthread_mutex_destroy(&t->flush_lock);
 	pthread_cond_destroy(&t->flush_cond);
 	free(t);
@@ -179,12 +185,15 @@ static int reopen_files(struct tracker *t, const struct intent_config *icfg)
 {
 	struct mapfile_report rep;
 	struct intent_stamp stamp;
+	uint8_t before[256], after[256];
+	struct mapfile_xlate x;
 	uint32_t set;
 	bool doubt, damaged;
 	int err = 0;
 
+	epochs_load_tables(&t->ckpts, before, after, &x);
 	if (!t->mf)
-		err = mapfile_open(t->dirfd, t->ops, &t->sb, &t->cm, &t->mf, &rep);
+		err = mapfile_open(t->dirfd, t->ops, &t->sb, &t->cm, &x, &t->mf, &rep);
 	if (!err && !t->in)
 		err = intent_open(t->dirfd, t->ops, &t->sb, icfg, &t->in, &set, &stamp, &doubt,
 				  &damaged);
@@ -221,6 +230,7 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 	t->dirfd = metadir_fd(md);
 	t->cfg = *cfg;
 	pthread_mutex_init(&t->lock, NULL);
+	pthread_mutex_init(&t->persist_lock, NULL);
 	pthread_mutex_init(&t->flush_lock, NULL);
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
@@ -257,9 +267,12 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 	if (err)
 		goto fail;
 
-	/* 2. the persisted map */
+	/* 2. the persisted map, in the list's numbering */
 	if (t->info.start != TRACKER_START_RESET) {
-		err = mapfile_open(t->dirfd, t->ops, &t->sb, &t->cm, &t->mf, &rep);
+		uint8_t before[256], after[256];
+		struct mapfile_xlate x;
+		epochs_load_tables(&t->ckpts, before, after, &x);
+		err = mapfile_open(t->dirfd, t->ops, &t->sb, &t->cm, &x, &t->mf, &rep);
 		if (err == -ENOENT || err == -EBADMSG) {
 			map_doubt = true;
 		} else if (err) {
@@ -319,6 +332,8 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 	if (err)
 		goto fail;
 	atomic_store(&t->open_epoch, t->ckpts.open_epoch);
+	for (uint32_t i = 0; i < t->ckpts.n; i++)
+		t->ckpts.items[i].serial = ++t->serials;
 
 	/* Recovery: every block of every intent region, and of every damaged
 	 * map page, is changed in the open epoch. */
@@ -457,6 +472,7 @@ static int persist_and_clear(struct tracker *t)
 	 * that writer's marks.
 	 */
 	unsigned now = atomic_fetch_add(&t->tick, 1) + 1;
+	uint8_t max;
 	int err;
 
 	/*
@@ -465,9 +481,16 @@ static int persist_and_clear(struct tracker *t)
 	 * and checkpoints must not wait for it.  Only this thread persists
 	 * while the tracker is live.
 	 */
-	err = mapfile_persist(t->mf, &t->cm);
+	pthread_mutex_lock(&t->persist_lock);
+	err = mapfile_persist(t->mf, &t->cm, &max);
+	pthread_mutex_unlock(&t->persist_lock);
 	pthread_mutex_lock(&t->lock);
 	t->info.last_persist_error = err;
+	/* A writer that loaded the open epoch before a renumbering marked
+	 * after it: harmless now, but it would count as changed since later
+	 * checkpoints too (epochs.h). */
+	if (max > t->ckpts.open_epoch)
+		epochs_clamp(&t->cm, t->ckpts.open_epoch);
 	pthread_mutex_unlock(&t->lock);
 	if (err)
 		return err;
@@ -562,7 +585,7 @@ int tracker_close(struct tracker *t, const struct volume_identity *id)
 	 * recovered from, and no write loses its intent before its data is
 	 * on disk (after a crash, the crashed server's writes may still be
 	 * only in the page cache when an offline command closes). */
-	err = mapfile_persist(t->mf, &t->cm);
+	err = mapfile_persist(t->mf, &t->cm, NULL);
 	if (!err)
 		err = sync_volume(t);
 	if (!err)
@@ -590,11 +613,12 @@ void tracker_abandon(struct tracker *t)
 int tracker_write_begin(struct tracker *t, uint64_t off, uint64_t len, struct intent_wait *w)
 {
 	int r = intent_begin(t->in, off, len, w);
+	uint8_t e = atomic_load_explicit(&t->open_epoch, memory_order_acquire);
 
+	VT_PAUSE_POINT("tracker.begin.epoch_loaded");
 	/* Marked even if the write will not be issued: over-reporting a
 	 * failed write is allowed, and a failed write may have landed. */
-	changemap_mark(&t->cm, off, len, atomic_load_explicit(&t->open_epoch,
-							      memory_order_acquire));
+	changemap_mark(&t->cm, off, len, e);
 	return r;
 }
 
@@ -610,21 +634,54 @@ void tracker_write_end(struct tracker *t, uint64_t off, uint64_t len)
 	intent_end(t->in, off, len, atomic_fetch_add(&t->tick, 0));
 }
 
-int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *out)
+/* Forget item `drop` of the list (EPOCHS_KEEP_ALL: none) and renumber;
+ * with t->lock held, which keeps checkpoints and readers' look-ups out. */
+static int renumber(struct tracker *t, uint32_t drop)
 {
-	struct checkpoint_list next; /* 54 KiB: the control thread has the stack */
-	int err;
+	struct epochs_host h = {
+		.md = t->md, .sb = &t->sb, .cm = &t->cm, .mf = t->mf, .ckpts = &t->ckpts,
+		.open_epoch = &t->open_epoch, .numbering = &t->numbering,
+	};
+
+	pthread_mutex_lock(&t->persist_lock);
+	int err = epochs_renumber(&h, drop);
+	pthread_mutex_unlock(&t->persist_lock);
+	if (!err && t->live)
+		tracker_nudge(t); /* store the translated pages soon */
+	return err;
+}
+
+int tracker_forget(struct tracker *t, const char *name)
+{
+	int err = -ENOENT;
 
 	if (!checkpoint_name_valid(name))
 		return -EINVAL;
 	pthread_mutex_lock(&t->lock);
-	if (checkpoint_find(&t->ckpts, name)) {
+	const struct checkpoint *c = checkpoint_find(&t->ckpts, name);
+	if (c)
+		err = renumber(t, (uint32_t)(c - t->ckpts.items));
+	pthread_mutex_unlock(&t->lock);
+	return err;
+}
+
+int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *out)
+{
+	struct checkpoint_list next; /* 54 KiB: the control thread has the stack */
+	int err = 0;
+
+	if (!checkpoint_name_valid(name))
+		return -EINVAL;
+	pthread_mutex_lock(&t->lock);
+	if (checkpoint_find(&t->ckpts, name))
+		err = -EEXIST;
+	else if (t->ckpts.n == CKPT_MAX)
+		err = -ENOSPC;
+	else if (t->ckpts.open_epoch == CM_MAX_EPOCH)
+		err = renumber(t, EPOCHS_KEEP_ALL); /* gaps left by failed stores */
+	if (err) {
 		pthread_mutex_unlock(&t->lock);
-		return -EEXIST;
-	}
-	if (t->ckpts.n == CKPT_MAX || t->ckpts.open_epoch == CM_MAX_EPOCH) {
-		pthread_mutex_unlock(&t->lock);
-		return -ENOSPC;
+		return err;
 	}
 	next = t->ckpts;
 	struct checkpoint *c = &next.items[next.n++];
@@ -632,6 +689,7 @@ int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *o
 	snprintf(c->name, sizeof(c->name), "%s", name);
 	c->epoch = next.open_epoch;
 	c->created = (uint64_t)time(NULL);
+	c->serial = ++t->serials;
 	next.open_epoch++;
 	bool touched;
 	err = checkpoints_store(t->dirfd, t->ops, &t->sb, &t->ckpts, &next, &touched);
@@ -670,7 +728,7 @@ void tracker_checkpoints(struct tracker *t, struct checkpoint_list *out)
 	pthread_mutex_unlock(&t->lock);
 }
 
-int tracker_checkpoint_epoch(struct tracker *t, const char *name, uint8_t *epoch)
+int tracker_checkpoint_find(struct tracker *t, const char *name, struct checkpoint *out)
 {
 	int err = -ENOENT;
 
@@ -678,11 +736,31 @@ int tracker_checkpoint_epoch(struct tracker *t, const char *name, uint8_t *epoch
 	pthread_mutex_lock(&t->lock);
 	const struct checkpoint *c = checkpoint_find(&t->ckpts, name);
 	if (c) {
-		*epoch = c->epoch;
+		*out = *c;
 		err = 0;
 	}
 	pthread_mutex_unlock(&t->lock);
 	return err;
+}
+
+int tracker_checkpoint_epoch(struct tracker *t, const char *name, uint8_t *epoch)
+{
+	struct checkpoint c;
+	int err = tracker_checkpoint_find(t, name, &c);
+
+	if (!err)
+		*epoch = c.epoch;
+	return err;
+}
+
+uint64_t tracker_read_begin(struct tracker *t)
+{
+	return epochs_read_begin(&t->numbering, &t->lock);
+}
+
+bool tracker_read_retry(struct tracker *t, uint64_t ticket)
+{
+	return epochs_read_retry(&t->numbering, ticket);
 }
 
 const struct changemap *tracker_map(const struct tracker *t)
