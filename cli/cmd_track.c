@@ -1,5 +1,5 @@
 /*
- * voltrack checkpoint | changes | list | status | check.
+ * voltrack checkpoint | delete | changes | list | status | check.
  *
  * With a server running, the command goes over META/control.sock to the
  * live tracker.  Without one, the CLI takes the metadata lock, opens the
