@@ -31,11 +31,17 @@
  *
  * A crash before 2 lands leaves the old list and pages in its numbering;
  * after, the new list and pages that are either translated on load or
- * already new.  Step 1 is what makes a single translation enough: without
- * it, a page left in the numbering before the previous one would be
- * translated only once.  A page whose translation changes it, on load or
- * in memory, is marked dirty, so "clean" always means "stored as memory
- * reads it".
+ * already new.  What must never happen is a page of the new numbering
+ * read as old, which would translate it twice and lower it below the
+ * truth: hence 3 after 2, and page sequences that never fall back to the
+ * boundary (mapfile.h).  The opposite mistake only over-reports, since
+ * translations lower and keep order (an old value v is at least its
+ * translation, and a checkpoint's new epoch at most its old one).  Step 1
+ * keeps the answers exact: with it one stored translation is always
+ * enough; without it a page left two numberings behind would be
+ * translated once, an over-report that could only grow.  A page whose
+ * translation changes it, on load or in memory, is marked dirty, so
+ * "clean" always means "stored as memory reads it".
  *
  * Concurrency.  Writers mark without locks, with an atomic maximum of the
  * open epoch they loaded.  The pass lowers each block by compare-and-swap
