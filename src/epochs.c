@@ -117,8 +117,7 @@ int epochs_renumber(const struct epochs_host *h, uint32_t drop)
 	/* 2. the new numbering, dated by the map's sequence */
 	if (!err) {
 		next->numbering.boundary = mapfile_last_seq(h->mf);
-		err = checkpoints_store(metadir_fd(h->md), metadir_fsops(h->md), h->sb, h->ckpts,
-					next, &touched);
+		err = checkpoints_store(h->dirfd, h->ops, h->sb, h->ckpts, next, &touched);
 	}
 	if (!err) {
 		/* 3. memory follows; the new open epoch is published only

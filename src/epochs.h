@@ -81,7 +81,9 @@ struct epochs_seq;
 
 /* What a renumbering works on: the tracker's own, lent for one call. */
 struct epochs_host {
-	struct metadir *md;
+	struct metadir *md;		/* where the superblock is written */
+	int dirfd;			/* and the checkpoint list, through ops */
+	const struct vt_fsops *ops;
 	struct superblock *sb;		/* its version may be raised */
 	struct changemap *cm;
 	struct mapfile *mf;

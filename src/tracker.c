@@ -639,7 +639,7 @@ void tracker_write_end(struct tracker *t, uint64_t off, uint64_t len)
 static int renumber(struct tracker *t, uint32_t drop)
 {
 	struct epochs_host h = {
-		.md = t->md, .sb = &t->sb, .cm = &t->cm, .mf = t->mf, .ckpts = &t->ckpts,
+		.md = t->md, .dirfd = t->dirfd, .ops = t->ops, .sb = &t->sb, .cm = &t->cm, .mf = t->mf, .ckpts = &t->ckpts,
 		.open_epoch = &t->open_epoch, .numbering = &t->numbering,
 	};
 
