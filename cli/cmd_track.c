@@ -90,7 +90,20 @@ static int run_offline(const char *volume, const char *meta_path, int argc, char
 		cli_fail("cannot open the change tracker in %s: %s", meta_path, strerror(-err));
 		goto out;
 	}
-	status = ctl_run(&(struct ctl_env){ .tracker = t, .md = md }, argc, argv, stdout);
+	/* As through the control socket: the answer on stdout, a failure's
+	 * line on stderr. */
+	char *text = NULL;
+	size_t len = 0;
+	FILE *mem = open_memstream(&text, &len);
+	if (!mem) {
+		cli_fail("out of memory");
+		status = 1;
+	} else {
+		status = ctl_run(&(struct ctl_env){ .tracker = t, .md = md }, argc, argv, mem);
+		fclose(mem);
+		fwrite(text, 1, len, status ? stderr : stdout);
+		free(text);
+	}
 	err = tracker_close(t, &id);
 	if (err) {
 		cli_fail("cannot close the change tracker cleanly: %s", strerror(-err));
