@@ -478,8 +478,8 @@ static int persist_and_clear(struct tracker *t)
 	/*
 	 * Not under t->lock: a persist under heavy write load takes tens of
 	 * milliseconds (its fdatasync queues behind the volume's writeback),
-	 * and checkpoints must not wait for it.  Only this thread persists
-	 * while the tracker is live.
+	 * and checkpoints must not wait for it.  While the tracker is live
+	 * only this thread and a renumbering persist, one at a time.
 	 */
 	pthread_mutex_lock(&t->persist_lock);
 	err = mapfile_persist(t->mf, &t->cm, &max);
@@ -613,12 +613,11 @@ void tracker_abandon(struct tracker *t)
 int tracker_write_begin(struct tracker *t, uint64_t off, uint64_t len, struct intent_wait *w)
 {
 	int r = intent_begin(t->in, off, len, w);
-	uint8_t e = atomic_load_explicit(&t->open_epoch, memory_order_acquire);
 
-	VT_PAUSE_POINT("tracker.begin.epoch_loaded");
 	/* Marked even if the write will not be issued: over-reporting a
 	 * failed write is allowed, and a failed write may have landed. */
-	changemap_mark(&t->cm, off, len, e);
+	changemap_mark(&t->cm, off, len, atomic_load_explicit(&t->open_epoch,
+							      memory_order_acquire));
 	return r;
 }
 
@@ -639,8 +638,9 @@ void tracker_write_end(struct tracker *t, uint64_t off, uint64_t len)
 static int renumber(struct tracker *t, uint32_t drop)
 {
 	struct epochs_host h = {
-		.md = t->md, .dirfd = t->dirfd, .ops = t->ops, .sb = &t->sb, .cm = &t->cm, .mf = t->mf, .ckpts = &t->ckpts,
-		.open_epoch = &t->open_epoch, .numbering = &t->numbering,
+		.md = t->md, .dirfd = t->dirfd, .ops = t->ops, .sb = &t->sb, .cm = &t->cm,
+		.mf = t->mf, .ckpts = &t->ckpts, .open_epoch = &t->open_epoch,
+		.numbering = &t->numbering,
 	};
 
 	pthread_mutex_lock(&t->persist_lock);
