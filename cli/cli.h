@@ -15,7 +15,7 @@
 
 int cmd_init(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
-/* checkpoint, changes, list, status, check */
+/* checkpoint, delete, changes, list, status, check */
 int cmd_track(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 

@@ -1,5 +1,5 @@
 /*
- * voltrack checkpoint | changes | list | status | check.
+ * voltrack checkpoint | delete | changes | list | status | check.
  *
  * With a server running, the command goes over META/control.sock to the
  * live tracker.  Without one, the CLI takes the metadata lock, opens the
@@ -105,10 +105,21 @@ static int run_offline(const char *volume, const char *meta_path, int argc, char
 		tracker_abandon(t);
 		goto out;
 	}
-	status = ctl_run(&(struct ctl_env){ .tracker = t, .md = md, .snaps = snaps }, argc, argv,
-			 stdout);
-	if (snaps && diffstore_sync(snaps->ds))
-		status = cli_fail("cannot sync the diff store");
+	/* As through the control socket: the answer on stdout, a failure's
+	 * line on stderr. */
+	char *text = NULL;
+	size_t len = 0;
+	FILE *mem = open_memstream(&text, &len);
+	if (!mem) {
+		cli_fail("out of memory");
+		status = 1;
+	} else {
+		status = ctl_run(&(struct ctl_env){ .tracker = t, .md = md, .snaps = snaps },
+				 argc, argv, mem);
+		fclose(mem);
+		fwrite(text, 1, len, status ? stderr : stdout);
+		free(text);
+	}
 	vt_snapshots_close(snaps);
 	err = tracker_close(t, &id);
 	if (err) {

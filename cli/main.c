@@ -35,6 +35,11 @@ static const char usage[] =
 "\n"
 "  checkpoint VOLUME NAME\n"
 "      Close the current epoch under NAME: 'changes since NAME' starts here.\n"
+"      At most 254 exist at once; delete old ones to go on for ever.\n"
+"\n"
+"  delete VOLUME NAME --forget [--json]\n"
+"      Delete checkpoint NAME (durably, before it answers).  Without --forget,\n"
+"      delete is about snapshot data of that name.\n"
 "\n"
 "  changes VOLUME --since NAME [--until NAME] [--json]\n"
 "      Byte ranges changed since checkpoint NAME, merged, at the tracking\n"
@@ -82,8 +87,8 @@ int main(int argc, char **argv)
 		return cmd_serve(argc - 1, argv + 1);
 	if (!strcmp(cmd, "snapshot"))
 		return cmd_snapshot(argc - 1, argv + 1);
-	static const char *const tracking[] = { "checkpoint", "changes", "list", "status", "check",
-						"delete" };
+	static const char *const tracking[] = { "checkpoint", "delete", "changes", "list", "status",
+						"check" };
 	for (size_t i = 0; i < sizeof(tracking) / sizeof(tracking[0]); i++)
 		if (!strcmp(cmd, tracking[i]))
 			return cmd_track(argc - 1, argv + 1);

@@ -163,25 +163,12 @@ int ctl_snapshot(const struct ctl_env *env, int argc, char **argv, FILE *out)
 	return 0;
 }
 
-int ctl_delete(const struct ctl_env *env, int argc, char **argv, FILE *out)
+int ctl_delete_snapshot(const struct ctl_env *env, const char *name, uint64_t *freed,
+			FILE *out)
 {
-	const char *name = NULL;
-	bool json = false;
-
-	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--json"))
-			json = true;
-		else if (argv[i][0] == '-' || name)
-			return fprintf(out, "voltrack: delete: unexpected '%s'\n", argv[i]), 2;
-		else
-			name = argv[i];
-	}
-	if (!name)
-		return fprintf(out, "voltrack: delete takes one NAME\n"), 2;
 	if (!env->snaps)
-		return fail(out, 1, "no snapshot named", name, 0);
-	uint64_t freed = 0;
-	int err = vt_snapshots_delete(env->snaps, name, &freed);
+		return fail(out, 1, "snapshots are not served here (read-only or untracked):", name, 0);
+	int err = vt_snapshots_delete(env->snaps, name, freed);
 	if (err == -ENOENT)
 		return fail(out, 1, "no snapshot named", name, 0);
 	if (err)
@@ -192,11 +179,5 @@ int ctl_delete(const struct ctl_env *env, int argc, char **argv, FILE *out)
 		snprintf(ename, sizeof(ename), VT_SNAPSHOT_PREFIX "%s", name);
 		env->exports->remove(env->exports->arg, ename);
 	}
-	if (json)
-		fprintf(out, "{\"name\":\"%s\",\"freed-bytes\":%llu}\n", name,
-			(unsigned long long)freed);
-	else
-		fprintf(out, "snapshot %s deleted, %llu bytes of the diff store freed; checkpoint "
-			"%s kept\n", name, (unsigned long long)freed, name);
 	return 0;
 }

@@ -59,19 +59,22 @@ static void iso_time(uint64_t t, char *buf, size_t len)
 }
 
 /*
- * [--json] [--since NAME] [--until NAME] and positional arguments, in any
- * order.  Hand-parsed: getopt keeps its state in globals, and commands
- * run on the control thread while other code may use getopt.
+ * [--json] and the options a command allows (OPT_*), and positional
+ * arguments, in any order.  Hand-parsed: getopt keeps its state in
+ * globals, and commands run on the control thread while other code may
+ * use getopt.
  */
 #define MAX_ARGS 4
+#define OPT_RANGE 1u	/* --since NAME, --until NAME */
+#define OPT_FORGET 2u	/* --forget */
 struct opts {
-	bool json;
+	bool json, forget;
 	const char *since, *until;
 	const char *args[MAX_ARGS];
 	int nargs;
 };
 
-static int parse_opts(int argc, char **argv, struct opts *o, bool allow_range, FILE *out)
+static int parse_opts(int argc, char **argv, struct opts *o, unsigned allow, FILE *out)
 {
 	memset(o, 0, sizeof(*o));
 	for (int i = 1; i < argc; i++) {
@@ -82,12 +85,16 @@ static int parse_opts(int argc, char **argv, struct opts *o, bool allow_range, F
 			o->json = true;
 			continue;
 		}
+		if (!strcmp(a, "--forget") && (allow & OPT_FORGET)) {
+			o->forget = true;
+			continue;
+		}
 		if (!strncmp(a, "--since", 7) && (a[7] == 0 || a[7] == '='))
 			slot = &o->since;
 		else if (!strncmp(a, "--until", 7) && (a[7] == 0 || a[7] == '='))
 			slot = &o->until;
 		if (slot) {
-			if (!allow_range)
+			if (!(allow & OPT_RANGE))
 				return fail(out, 2, "%s: unexpected option '%s'", argv[0], a);
 			val = a[7] == '=' ? a + 8 : (i + 1 < argc ? argv[++i] : NULL);
 			if (!val)
@@ -104,25 +111,30 @@ static int parse_opts(int argc, char **argv, struct opts *o, bool allow_range, F
 	return 0;
 }
 
+static int bad_name(FILE *out, const char *name)
+{
+	return fail(out, 2, "'%s' is not a valid checkpoint name "
+		    "(1-%d characters from A-Z a-z 0-9 . _ + @ : -)", name, CKPT_NAME_MAX);
+}
+
 static int cmd_checkpoint(struct tracker *t, int argc, char **argv, FILE *out)
 {
 	struct opts o;
 	struct checkpoint c;
 
-	if (parse_opts(argc, argv, &o, false, out))
+	if (parse_opts(argc, argv, &o, 0, out))
 		return 2;
 	if (o.nargs != 1)
 		return fail(out, 2, "checkpoint takes one NAME");
 	const char *name = o.args[0];
 	int err = tracker_checkpoint(t, name, &c);
 	if (err == -EINVAL)
-		return fail(out, 2, "'%s' is not a valid checkpoint name "
-			    "(1-%d characters from A-Z a-z 0-9 . _ + @ : -)", name, CKPT_NAME_MAX);
+		return bad_name(out, name);
 	if (err == -EEXIST)
 		return fail(out, 1, "checkpoint '%s' already exists", name);
 	if (err == -ENOSPC)
-		return fail(out, 1, "no room for another checkpoint: at most %d over a history",
-			    CKPT_MAX);
+		return fail(out, 1, "no room for another checkpoint: at most %d at once "
+			    "('delete --forget' old ones)", CKPT_MAX);
 	if (err)
 		return fail(out, 1, "cannot create checkpoint '%s': %s", name, strerror(-err));
 	if (o.json)
@@ -133,67 +145,84 @@ static int cmd_checkpoint(struct tracker *t, int argc, char **argv, FILE *out)
 	return 0;
 }
 
+static void print_extent(FILE *out, bool json, bool *first, uint64_t start, uint64_t len)
+{
+	if (json)
+		fprintf(out, "%s{\"offset\":%llu,\"length\":%llu}", *first ? "" : ",",
+			(unsigned long long)start, (unsigned long long)len);
+	else
+		fprintf(out, "%llu %llu\n", (unsigned long long)start, (unsigned long long)len);
+	*first = false;
+}
+
+/* The merged extents changed since epoch `since`, as lines or JSON objects. */
+static void print_changes(const struct changemap *cm, uint8_t since, bool json, FILE *out)
+{
+	bool first = true;
+	uint64_t off = 0, start = 0, len = 0;
+
+	while (off < cm->volume_size) {
+		bool changed;
+		uint64_t run = changemap_run(cm, off, cm->volume_size - off, since, &changed);
+		if (changed && len && start + len == off) {
+			len += run;
+		} else if (changed) {
+			if (len)
+				print_extent(out, json, &first, start, len);
+			start = off;
+			len = run;
+		}
+		off += run;
+	}
+	if (len)
+		print_extent(out, json, &first, start, len);
+}
+
 static int cmd_changes(struct tracker *t, int argc, char **argv, FILE *out)
 {
 	struct opts o;
-	uint8_t since, until;
+	struct checkpoint since, until;
+	char *text = NULL;
+	size_t text_len = 0;
+	uint64_t ticket;
 
-	if (parse_opts(argc, argv, &o, true, out))
+	if (parse_opts(argc, argv, &o, OPT_RANGE, out))
 		return 2;
 	if (!o.since || o.nargs)
 		return fail(out, 2, "changes needs --since NAME and nothing else");
-	if (tracker_checkpoint_epoch(t, o.since, &since))
-		return fail(out, 1, "no checkpoint named '%s'", o.since);
-	if (o.until) {
-		if (tracker_checkpoint_epoch(t, o.until, &until))
-			return fail(out, 1, "no checkpoint named '%s'", o.until);
-		if (until < since)
-			return fail(out, 1, "checkpoint '%s' is older than '%s'", o.until, o.since);
+	const struct changemap *cm = tracker_map(t);
+	/* Epochs and map from one numbering: a renumbering in between
+	 * (a checkpoint forgotten) means starting over. */
+	do {
+		free(text);
+		text = NULL;
+		ticket = tracker_read_begin(t);
+		if (tracker_checkpoint_find(t, o.since, &since))
+			return fail(out, 1, "no checkpoint named '%s'", o.since);
 		/*
 		 * Only the latest write per block is kept, so a block written
 		 * after UNTIL may also have changed before it: such blocks are
 		 * reported, which keeps the answer a superset.
 		 */
-	}
-	const struct changemap *cm = tracker_map(t);
-	struct tracker_info info;
-	tracker_info(t, &info);
-	if (o.json)
-		fprintf(out, "{\"granularity\":%u,\"extents\":[", info.granularity);
-	bool first = true;
-	uint64_t off = 0, start = 0, len = 0;
-	while (off < cm->volume_size) {
-		bool changed;
-		uint64_t run = changemap_run(cm, off, cm->volume_size - off, since, &changed);
-		if (changed) {
-			if (len && start + len == off) {
-				len += run;
-			} else {
-				if (len) {
-					if (o.json)
-						fprintf(out, "%s{\"offset\":%llu,\"length\":%llu}",
-							first ? "" : ",", (unsigned long long)start,
-							(unsigned long long)len);
-					else
-						fprintf(out, "%llu %llu\n", (unsigned long long)start,
-							(unsigned long long)len);
-					first = false;
-				}
-				start = off;
-				len = run;
-			}
+		if (o.until && tracker_checkpoint_find(t, o.until, &until))
+			return fail(out, 1, "no checkpoint named '%s'", o.until);
+		if (o.until && until.epoch < since.epoch)
+			return fail(out, 1, "checkpoint '%s' is older than '%s'", o.until, o.since);
+		FILE *mem = open_memstream(&text, &text_len);
+		if (!mem)
+			return fail(out, 1, "out of memory");
+		print_changes(cm, since.epoch, o.json, mem);
+		if (fclose(mem)) {
+			free(text);
+			return fail(out, 1, "out of memory");
 		}
-		off += run;
-	}
-	if (len) {
-		if (o.json)
-			fprintf(out, "%s{\"offset\":%llu,\"length\":%llu}", first ? "" : ",",
-				(unsigned long long)start, (unsigned long long)len);
-		else
-			fprintf(out, "%llu %llu\n", (unsigned long long)start, (unsigned long long)len);
-	}
+	} while (tracker_read_retry(t, ticket));
 	if (o.json)
-		fputs("]}\n", out);
+		fprintf(out, "{\"granularity\":%u,\"extents\":[%s]}\n",
+			1u << cm->gran_shift, text);
+	else
+		fputs(text, out);
+	free(text);
 	return 0;
 }
 
@@ -225,12 +254,16 @@ static int cmd_list(const struct ctl_env *env, int argc, char **argv, FILE *out)
 	struct checkpoint_list l;
 	uint64_t since[256];
 
-	if (parse_opts(argc, argv, &o, false, out))
+	if (parse_opts(argc, argv, &o, 0, out))
 		return 2;
 	if (o.nargs)
 		return fail(out, 2, "list takes no arguments");
-	tracker_checkpoints(t, &l);
-	changemap_changed_since(tracker_map(t), since);
+	uint64_t ticket;
+	do {
+		ticket = tracker_read_begin(t);
+		tracker_checkpoints(t, &l);
+		changemap_changed_since(tracker_map(t), since);
+	} while (tracker_read_retry(t, ticket));
 	if (o.json)
 		fputs("[", out);
 	else if (l.n)
@@ -305,7 +338,7 @@ static int cmd_status(struct tracker *t, struct metadir *md, int argc, char **ar
 	struct tracker_info i;
 	char gen[VT_UUID_STRLEN], vol[VT_UUID_STRLEN], sz[32], gr[32], rs[32];
 
-	if (parse_opts(argc, argv, &o, false, out))
+	if (parse_opts(argc, argv, &o, 0, out))
 		return 2;
 	if (o.nargs)
 		return fail(out, 2, "status takes no arguments");
@@ -356,6 +389,64 @@ static int cmd_status(struct tracker *t, struct metadir *md, int argc, char **ar
 	return 0;
 }
 
+/*
+ * delete NAME [--forget] [--json]: a name can stand for snapshot data and
+ * for a checkpoint.  delete drops the snapshot data; --forget also the
+ * checkpoint.  The data goes first: a checkpoint list that no longer
+ * names the snapshot must never leave copies that nothing frees.
+ */
+static int cmd_delete(const struct ctl_env *env, int argc, char **argv, FILE *out)
+{
+	struct opts o;
+	struct checkpoint c;
+
+	if (parse_opts(argc, argv, &o, OPT_FORGET, out))
+		return 2;
+	if (o.nargs != 1)
+		return fail(out, 2, "delete takes one NAME, and --forget to delete its checkpoint");
+	const char *name = o.args[0];
+	if (!checkpoint_name_valid(name))
+		return bad_name(out, name);
+	bool checkpoint = tracker_checkpoint_find(env->tracker, name, &c) == 0;
+	bool snapshot = checkpoint && (c.flags & CKPT_F_SNAPSHOT);
+	if (!snapshot && !o.forget)
+		return checkpoint ? fail(out, 1, "no snapshot named '%s'; 'delete --forget' deletes "
+					 "the checkpoint '%s'", name, name)
+				  : fail(out, 1, "no snapshot or checkpoint named '%s'", name);
+	uint64_t freed = 0;
+	if (snapshot) {
+		int err = ctl_delete_snapshot(env, name, &freed, out);
+		if (err)
+			return err;
+		if (!o.forget) {
+			if (o.json)
+				fprintf(out, "{\"name\":\"%s\",\"snapshot-deleted\":true,"
+					"\"checkpoint-deleted\":false,\"freed-bytes\":%llu}\n", name,
+					(unsigned long long)freed);
+			else
+				fprintf(out, "snapshot %s deleted, %llu bytes of the diff store freed; "
+					"checkpoint %s kept\n", name, (unsigned long long)freed, name);
+			return 0;
+		}
+	}
+	int err = checkpoint ? tracker_forget(env->tracker, name) : -ENOENT;
+	if (err == -ENOENT)
+		return fail(out, 1, "no checkpoint named '%s'", name);
+	if (err)
+		return fail(out, 1, "cannot delete checkpoint '%s': %s (it may still be there after "
+			    "a restart)", name, strerror(-err));
+	if (o.json)
+		fprintf(out, "{\"name\":\"%s\",\"snapshot-deleted\":%s,\"checkpoint-deleted\":true,"
+			"\"freed-bytes\":%llu}\n", name, snapshot ? "true" : "false",
+			(unsigned long long)freed);
+	else if (snapshot)
+		fprintf(out, "snapshot %s and its checkpoint deleted, %llu bytes of the diff store "
+			"freed\n", name, (unsigned long long)freed);
+	else
+		fprintf(out, "checkpoint %s deleted\n", name);
+	return 0;
+}
+
 int ctl_run(const struct ctl_env *env, int argc, char **argv, FILE *out)
 {
 	struct tracker *t = env->tracker;
@@ -372,10 +463,10 @@ int ctl_run(const struct ctl_env *env, int argc, char **argv, FILE *out)
 		return ctl_snapshot(env, argc, argv, out);
 	if (!strncmp(argv[0], "snapshot-", 9))
 		return ctl_snapshot_step(env, argc, argv, out);
-	if (!strcmp(argv[0], "delete"))
-		return ctl_delete(env, argc, argv, out);
 	if (!strcmp(argv[0], "status"))
 		return cmd_status(t, env->md, argc, argv, out);
+	if (!strcmp(argv[0], "delete"))
+		return cmd_delete(env, argc, argv, out);
 	return fail(out, 2, "unknown command '%s'", argv[0]);
 }
 
@@ -439,7 +530,10 @@ int ctl_check(struct metadir *md, FILE *out)
 			"open epoch %u\n", l->n, l->open_epoch);
 		problems++;
 	} else {
-		fprintf(out, "checkpoints: ok (%u, open epoch %u)\n", l->n, l->open_epoch);
+		fprintf(out, "checkpoints: ok (%u, open epoch %u", l->n, l->open_epoch);
+		if (l->numbering.count)
+			fprintf(out, ", epochs renumbered %u time(s)", l->numbering.count);
+		fputs(")\n", out);
 	}
 
 	uint64_t nblocks = (sb.volume_size + sb.granularity - 1) / sb.granularity;

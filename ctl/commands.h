@@ -1,6 +1,6 @@
 /*
- * commands: the tracking commands (checkpoint, changes, list, status),
- * run against an open tracker, output as text or --json.
+ * commands: the tracking commands (checkpoint, delete, changes, list,
+ * status), run against an open tracker, output as text or --json.
  *
  * The same code answers over the control socket while a server runs
  * and directly on the metadata when none does, so both give the same

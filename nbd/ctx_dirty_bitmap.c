@@ -5,7 +5,14 @@
  *
  * Bit 0 set means dirty.  Extents are whole tracking blocks, rounded
  * outwards.  Offered on every export that has a tracker; checkpoints
- * created while the server runs appear to new connections at once.
+ * created while the server runs appear to new connections at once, and
+ * deleted ones disappear from them.
+ *
+ * A selected context is bound to one checkpoint (its serial), not to an
+ * epoch number: deleting any checkpoint renumbers the epochs, so each
+ * query checks its ticket (tracker_read_begin) and looks the checkpoint
+ * up again when the numbering moved.  Once its own checkpoint is gone
+ * the context answers with an error, never with another instant's map.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -19,7 +26,10 @@
 #define PREFIX_LEN (sizeof(PREFIX) - 1)
 
 struct bitmap_ctx {
+	uint64_t serial;	/* the checkpoint it was selected for */
+	uint64_t ticket;	/* the numbering `epoch` belongs to */
 	uint8_t epoch;
+	char name[CKPT_NAME_MAX + 1];
 };
 
 static void bitmap_list(void *opaque, const struct vt_export *exp,
@@ -56,38 +66,55 @@ static int bitmap_open(void *opaque, const struct vt_export *exp,
 	struct tracker *t = vt_export_tracker(exp);
 	char ckpt[CKPT_NAME_MAX + 1];
 	struct bitmap_ctx *b;
-	uint8_t epoch;
+	struct checkpoint c;
 
 	if (!t || len <= PREFIX_LEN || len - PREFIX_LEN > CKPT_NAME_MAX ||
 	    memcmp(name, PREFIX, PREFIX_LEN) != 0)
 		return -ENOENT;
 	memcpy(ckpt, name + PREFIX_LEN, len - PREFIX_LEN);
 	ckpt[len - PREFIX_LEN] = 0;
-	if (tracker_checkpoint_epoch(t, ckpt, &epoch))
+	uint64_t ticket = tracker_read_begin(t);
+	if (tracker_checkpoint_find(t, ckpt, &c))
 		return -ENOENT;
 	/* A snapshot answers only for the checkpoints older than itself. */
-	if (exp->ops->bitmap_limit && epoch >= exp->ops->bitmap_limit(exp->impl))
+	if (exp->ops->bitmap_limit && c.epoch >= exp->ops->bitmap_limit(exp->impl))
 		return -ENOENT;
 	b = malloc(sizeof(*b));
 	if (!b)
 		return -ENOMEM;
-	b->epoch = epoch;
+	b->serial = c.serial;
+	b->ticket = ticket;
+	b->epoch = c.epoch;
+	memcpy(b->name, ckpt, len - PREFIX_LEN + 1);
 	*ctx = b;
 	return 0;
 }
 
-static int bitmap_extents(void *ctx, const struct vt_export *exp, uint64_t off,
-			  uint64_t len, struct nbd_extent *out, size_t max)
+/* The epoch of b's checkpoint in the numbering of `ticket`, or -ENOENT
+ * once that checkpoint is gone. */
+static int bitmap_epoch(struct bitmap_ctx *b, struct tracker *t, uint64_t ticket)
 {
-	const struct bitmap_ctx *b = ctx;
-	const struct changemap *cm = tracker_map(vt_export_tracker(exp));
+	struct checkpoint c;
+
+	if (ticket == b->ticket)
+		return 0;
+	if (tracker_checkpoint_find(t, b->name, &c) || c.serial != b->serial)
+		return -ENOENT;
+	b->epoch = c.epoch;
+	b->ticket = ticket;
+	return 0;
+}
+
+static int scan(const struct vt_export *exp, const struct changemap *cm, uint8_t epoch,
+		uint64_t off, uint64_t len, struct nbd_extent *out, size_t max)
+{
 	size_t n = 0;
 
 	while (len && n < max) {
 		bool changed;
 		uint64_t run = exp->ops->changed ?
-			exp->ops->changed(exp->impl, b->epoch, off, len, &changed) :
-			changemap_run(cm, off, len, b->epoch, &changed);
+			exp->ops->changed(exp->impl, epoch, off, len, &changed) :
+			changemap_run(cm, off, len, epoch, &changed);
 		/* Descriptor lengths are 32 bits; the request's length is too. */
 		if (run > UINT32_MAX - 4095)
 			run = (UINT32_MAX - 4095) & ~(uint64_t)4095;
@@ -100,6 +127,24 @@ static int bitmap_extents(void *ctx, const struct vt_export *exp, uint64_t off,
 		len -= run;
 	}
 	return (int)n;
+}
+
+static int bitmap_extents(void *ctx, const struct vt_export *exp, uint64_t off,
+			  uint64_t len, struct nbd_extent *out, size_t max)
+{
+	struct tracker *t = vt_export_tracker(exp);
+	uint64_t ticket;
+	int n;
+
+	do {
+		ticket = tracker_read_begin(t);
+		n = bitmap_epoch(ctx, t, ticket);
+		if (n)
+			return n;
+		n = scan(exp, tracker_map(t), ((struct bitmap_ctx *)ctx)->epoch, off, len, out,
+			 max);
+	} while (tracker_read_retry(t, ticket));
+	return n;
 }
 
 static void bitmap_close(void *ctx)

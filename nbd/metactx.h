@@ -40,7 +40,8 @@ struct metactx_provider {
 	int (*open)(void *opaque, const struct vt_export *exp,
 		    const char *name, size_t len, void **ctx);
 	/* Describe [off, off+len): at least one and at most max extents, the
-	 * last of which may end short of len.  -errno on failure. */
+	 * last of which may end short of len.  -errno on failure; -ENOENT
+	 * when what the context describes is gone (a deleted checkpoint). */
 	int (*extents)(void *ctx, const struct vt_export *exp, uint64_t off,
 		       uint64_t len, struct nbd_extent *out, size_t max);
 	void (*close)(void *ctx);

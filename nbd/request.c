@@ -204,6 +204,10 @@ static void block_status(struct nbd_slot *sl)
 		struct nbd_extent *ext = (struct nbd_extent *)(chunk + NBD_CHUNK_HEADER_SIZE + 4);
 		int n = ctx->provider->extents(ctx->ctx, c->s.export, sl->rq.offset,
 					       sl->rq.length, ext, max);
+		if (n == -ENOENT) {
+			reply_error(sl, NBD_EINVAL, "the context's checkpoint was deleted");
+			return;
+		}
 		if (n <= 0) {
 			reply_errno(sl, n < 0 ? n : -EIO);
 			return;

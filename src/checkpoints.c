@@ -43,17 +43,42 @@ const struct checkpoint *checkpoint_find(const struct checkpoint_list *l, const 
  * File: two slots of SLOT_BLOCKS metadata blocks.  Block b of slot s has
  * index s * SLOT_BLOCKS + b; all blocks of one update share its sequence.
  * Block 0's payload starts with the block count (4), the checkpoint
- * count (4), the open epoch (1), reserved (7), then entries, which
- * continue across the blocks' payloads.
+ * count (4), the open epoch (1), flags (1), reserved (6); with flag
+ * NUMBERED the numbering record follows: boundary (8), count (4),
+ * reserved (4), translation (256).  Then the entries, which continue
+ * across the blocks' payloads.
  */
 #define SLOT_BLOCKS FILE_BLOCKS
 #define HEAD 16
+#define FLAG_NUMBERED 0x01
+#define RECORD 272
+
+/* A translation from one numbering to the next only ever lowers epochs
+ * and keeps their order; anything else is not ours. */
+static bool translation_valid(const uint8_t t[256])
+{
+	if (t[0] != 0)
+		return false;
+	for (int v = 1; v < 256; v++)
+		if (t[v] > v || t[v] < t[v - 1])
+			return false;
+	return true;
+}
 
 static int encode(const struct checkpoint_list *l, uint8_t *payload, uint32_t *nblocks)
 {
 	size_t pos = HEAD;
 
 	memset(payload, 0, (size_t)SLOT_BLOCKS * MB_PAYLOAD);
+	if (l->numbering.count) {
+		uint64_t boundary = htole64(l->numbering.boundary);
+		uint32_t count = htole32(l->numbering.count);
+		payload[9] = FLAG_NUMBERED;
+		memcpy(payload + pos, &boundary, 8);
+		memcpy(payload + pos + 8, &count, 4);
+		memcpy(payload + pos + 16, l->numbering.from_prev, 256);
+		pos += RECORD;
+	}
 	for (uint32_t i = 0; i < l->n; i++) {
 		const struct checkpoint *c = &l->items[i];
 		size_t nlen = strlen(c->name);
@@ -225,6 +250,20 @@ static int load_slot(const struct vt_fsops *ops, int fd, const struct superblock
 	if (n > CKPT_MAX || l->open_epoch == 0)
 		return -EBADMSG;
 	size_t pos = HEAD, end = (size_t)nblocks * MB_PAYLOAD;
+	if (payload[9] & FLAG_NUMBERED) {
+		uint64_t boundary;
+		uint32_t count;
+		if (pos + RECORD > end)
+			return -EBADMSG;
+		memcpy(&boundary, payload + pos, 8);
+		memcpy(&count, payload + pos + 8, 4);
+		l->numbering.boundary = le64toh(boundary);
+		l->numbering.count = le32toh(count);
+		memcpy(l->numbering.from_prev, payload + pos + 16, 256);
+		if (l->numbering.count == 0 || !translation_valid(l->numbering.from_prev))
+			return -EBADMSG;
+		pos += RECORD;
+	}
 	for (uint32_t i = 0; i < n; i++) {
 		struct checkpoint *c = &l->items[i];
 		if (pos + ENTRY_FIXED > end)
@@ -246,8 +285,8 @@ static int load_slot(const struct vt_fsops *ops, int fd, const struct superblock
 		c->created = le64toh(created);
 		memcpy(c->name, payload + pos + ENTRY_FIXED, nlen);
 		c->name[nlen] = 0;
-		/* epochs strictly increase and stay below the open one */
-		if (!checkpoint_name_valid(c->name) || c->epoch >= l->open_epoch ||
+		/* epochs strictly increase from 1 and stay below the open one */
+		if (!checkpoint_name_valid(c->name) || c->epoch == 0 || c->epoch >= l->open_epoch ||
 		    (i && c->epoch <= l->items[i - 1].epoch))
 			return -EBADMSG;
 		pos += ENTRY_FIXED + nlen;

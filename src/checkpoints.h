@@ -8,8 +8,10 @@
  * Overwriting allocated blocks needs no filesystem journal commit, so a
  * checkpoint stays fast while the volume takes heavy allocating writes.
  * Falling back to the older slot (a torn update) can only lose the
- * checkpoint being created, which was never acknowledged.  Epochs are one
- * byte in the change map, so at most CKPT_MAX checkpoints exist.
+ * update being made, which was never acknowledged.  Epochs are one byte
+ * in the change map, so at most CKPT_MAX checkpoints exist at once; when
+ * one is forgotten the epochs are renumbered (epochs.h), and the list
+ * then also carries the numbering record below.
  */
 #ifndef VOLTRACK_CHECKPOINTS_H
 #define VOLTRACK_CHECKPOINTS_H
@@ -36,11 +38,31 @@ struct checkpoint {
 	uint8_t flags;		/* CKPT_F_* */
 	uint32_t snap_seq;	/* the snapshot's sequence number (diffstore.h) */
 	uint64_t created;	/* unix seconds */
+	/* In memory only, set by the tracker: unique within one run, never
+	 * reused, so that a holder can tell "the same checkpoint" from
+	 * "another one of the same name". */
+	uint64_t serial;
+};
+
+/*
+ * How the current epoch numbers came to be (doc/format.md).  The last
+ * renumbering translated every epoch v of the previous numbering to
+ * from_prev[v].  Change-map pages whose sequence is at most `boundary`
+ * may still be stored in that previous numbering and are translated when
+ * loaded; later pages are in the current one.  boundary 0: no page is.
+ * count is 0 for a history never renumbered, and then the record is not
+ * stored at all (the list reads as in format version 2).
+ */
+struct ckpt_numbering {
+	uint32_t count;		/* renumberings so far */
+	uint64_t boundary;
+	uint8_t from_prev[256];
 };
 
 struct checkpoint_list {
 	uint32_t n;
 	uint8_t open_epoch;	/* the epoch writes land in now */
+	struct ckpt_numbering numbering;
 	struct checkpoint items[CKPT_MAX];
 	/* where it is stored: the slot holding it and its sequence */
 	uint8_t slot;

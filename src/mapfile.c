@@ -47,17 +47,22 @@ static uint64_t slot_offset(uint32_t page, unsigned slot)
 	return (uint64_t)MB_SIZE * (1 + 2 * (uint64_t)page + slot);
 }
 
-static void page_fill(uint8_t blk[MB_SIZE], const struct changemap *cm, uint32_t page,
-		      uint64_t seq, uint64_t tag)
+/* Returns the largest epoch in the page. */
+static uint8_t page_fill(uint8_t blk[MB_SIZE], const struct changemap *cm, uint32_t page,
+			 uint64_t seq, uint64_t tag)
 {
 	uint64_t first = (uint64_t)page * CM_PAGE_ENTRIES;
 	uint32_t n = changemap_page_blocks(cm, page);
+	uint8_t max = 0;
 
-	for (uint32_t i = 0; i < n; i++)
-		blk[MB_HEADER + i] = atomic_load_explicit(&cm->epoch[first + i],
-							  memory_order_relaxed);
+	for (uint32_t i = 0; i < n; i++) {
+		uint8_t e = atomic_load_explicit(&cm->epoch[first + i], memory_order_relaxed);
+		blk[MB_HEADER + i] = e;
+		max = e > max ? e : max;
+	}
 	memset(blk + MB_HEADER + n, 0, CM_PAGE_ENTRIES - n);
 	mb_seal(blk, PAGE_MAGIC, page, seq, tag);
+	return max;
 }
 
 int mapfile_create(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
@@ -116,7 +121,8 @@ static int check_header(const struct vt_fsops *ops, int fd, const struct superbl
  */
 static int scan_pages(const struct vt_fsops *ops, int fd, uint32_t npages, uint64_t tag,
 		      uint64_t *max_seq,
-		      void (*found)(void *arg, uint32_t page, unsigned slot, const uint8_t *blk),
+		      void (*found)(void *arg, uint32_t page, unsigned slot, uint64_t seq,
+				    const uint8_t *blk),
 		      void (*damaged)(void *arg, uint32_t page), void *arg)
 {
 	uint8_t *batch = aligned_alloc(MB_SIZE, (size_t)MB_SIZE * 2 * READ_BATCH);
@@ -143,7 +149,7 @@ static int scan_pages(const struct vt_fsops *ops, int fd, uint32_t npages, uint6
 				unsigned slot = ok0 && (!ok1 || s[0] > s[1]) ? 0 : 1;
 				if (s[slot] > *max_seq)
 					*max_seq = s[slot];
-				found(arg, p0 + i, slot, b[slot]);
+				found(arg, p0 + i, slot, s[slot], b[slot]);
 			}
 			/* One bad slot may be a write torn by a crash, or rot
 			 * of the newest copy: the other slot could then be
@@ -159,10 +165,12 @@ static int scan_pages(const struct vt_fsops *ops, int fd, uint32_t npages, uint6
 struct load_ctx {
 	struct mapfile *mf;
 	struct changemap *cm;
+	const struct mapfile_xlate *x;
 	struct mapfile_report *rep;
 };
 
-static void load_found(void *arg, uint32_t page, unsigned slot, const uint8_t *blk)
+static void load_found(void *arg, uint32_t page, unsigned slot, uint64_t seq,
+		       const uint8_t *blk)
 {
 	struct load_ctx *c = arg;
 
@@ -170,11 +178,19 @@ static void load_found(void *arg, uint32_t page, unsigned slot, const uint8_t *b
 		c->mf->cur[page] = (uint8_t)slot;
 	if (!c->cm)
 		return; /* only verifying */
+	const uint8_t *t = !c->x ? NULL : seq <= c->x->boundary ? c->x->before : c->x->after;
 	uint64_t first = (uint64_t)page * CM_PAGE_ENTRIES;
 	uint32_t n = changemap_page_blocks(c->cm, page);
-	for (uint32_t i = 0; i < n; i++)
-		atomic_store_explicit(&c->cm->epoch[first + i], blk[MB_HEADER + i],
-				      memory_order_relaxed);
+	bool changed = false;
+	for (uint32_t i = 0; i < n; i++) {
+		uint8_t stored = blk[MB_HEADER + i], e = t ? t[stored] : stored;
+		changed |= e != stored;
+		atomic_store_explicit(&c->cm->epoch[first + i], e, memory_order_relaxed);
+	}
+	/* The disk must come to say what memory says before the numbering
+	 * can move on again (epochs.h). */
+	if (changed)
+		atomic_store_explicit(&c->cm->page_dirty[page], true, memory_order_relaxed);
 }
 
 static void load_damaged(void *arg, uint32_t page)
@@ -188,7 +204,8 @@ static void load_damaged(void *arg, uint32_t page)
 }
 
 int mapfile_open(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
-		 struct changemap *cm, struct mapfile **out, struct mapfile_report *rep)
+		 struct changemap *cm, const struct mapfile_xlate *x, struct mapfile **out,
+		 struct mapfile_report *rep)
 {
 	struct mapfile *mf = calloc(1, sizeof(*mf));
 	int err;
@@ -216,11 +233,15 @@ int mapfile_open(int dirfd, const struct vt_fsops *ops, const struct superblock 
 	err = check_header(ops, mf->fd, sb, cm->nblocks, cm->npages, mf->buf);
 	if (err)
 		goto fail;
-	struct load_ctx ctx = { mf, cm, rep };
+	struct load_ctx ctx = { mf, cm, x, rep };
 	err = scan_pages(ops, mf->fd, cm->npages, mf->gen_tag, &mf->seq, load_found,
 			 load_damaged, &ctx);
 	if (err)
 		goto fail;
+	/* Pages written after a renumbering must never look older than it,
+	 * even when the crash lost every page written since. */
+	if (x && x->boundary > mf->seq)
+		mf->seq = x->boundary;
 	*out = mf;
 	return 0;
 fail:
@@ -235,11 +256,12 @@ void mapfile_mark_lost(struct mapfile *mf, struct changemap *cm, uint8_t e)
 			changemap_raise_page(cm, p, e);
 }
 
-int mapfile_persist(struct mapfile *mf, struct changemap *cm)
+int mapfile_persist(struct mapfile *mf, struct changemap *cm, uint8_t *max_epoch)
 {
 	uint32_t *written = NULL;
 	uint32_t nwritten = 0, cap = 0;
 	uint64_t seq = mf->seq;
+	uint8_t max = 0;
 	int err = 0;
 
 	for (uint32_t p = 0; p < mf->npages && !err; p++) {
@@ -261,7 +283,8 @@ int mapfile_persist(struct mapfile *mf, struct changemap *cm)
 		written[nwritten++] = p;
 		unsigned slot = mf->cur[p] == 0 ? 1 : 0;
 		seq += 2;
-		page_fill(mf->buf, cm, p, seq, mf->gen_tag);
+		uint8_t m = page_fill(mf->buf, cm, p, seq, mf->gen_tag);
+		max = m > max ? m : max;
 		err = mf->ops->pwrite(mf->ops, mf->fd, mf->buf, MB_SIZE, slot_offset(p, slot));
 		if (!err && mf->heal[p]) {
 			/* Damaged page: replace the other copy too, one older. */
@@ -281,10 +304,18 @@ int mapfile_persist(struct mapfile *mf, struct changemap *cm)
 			mf->heal[p] = 0;
 		}
 	}
-	if (!err)
-		mf->seq = seq;
+	/* Used up even on failure: the writes may have landed, and a later
+	 * page must never share or undercut their sequence. */
+	mf->seq = seq;
+	if (max_epoch)
+		*max_epoch = max;
 	free(written);
 	return err;
+}
+
+uint64_t mapfile_last_seq(const struct mapfile *mf)
+{
+	return mf->seq;
 }
 
 void mapfile_close(struct mapfile *mf)
@@ -317,7 +348,7 @@ int mapfile_verify(int dirfd, const struct vt_fsops *ops, const struct superbloc
 	}
 	err = check_header(ops, fd, sb, nblocks, npages, blk);
 	if (!err) {
-		struct load_ctx ctx = { NULL, NULL, rep };
+		struct load_ctx ctx = { NULL, NULL, NULL, rep };
 		err = scan_pages(ops, fd, npages, mb_gen_tag(&sb->generation), &seq,
 				 load_found, load_damaged, &ctx);
 	}

@@ -10,6 +10,12 @@
  * write or damage; since the surviving copy may then be stale, the page
  * is reported and the caller counts its blocks as changed (and the next
  * persist rewrites both slots).  Layout in doc/format.md.
+ *
+ * Page sequences only grow over the life of the file, failed writes
+ * included, so a sequence also dates a page against a renumbering of the
+ * epochs (epochs.h): the caller records mapfile_last_seq() with the new
+ * numbering, and at the next load every page at or below it is
+ * translated.
  */
 #ifndef VOLTRACK_MAPFILE_H
 #define VOLTRACK_MAPFILE_H
@@ -34,18 +40,37 @@ int mapfile_create(int dirfd, const struct vt_fsops *ops, const struct superbloc
 		   const struct changemap *cm);
 
 /*
- * Load the newest valid version of every page into cm.  -ENOENT when the
- * file is missing, -EBADMSG when its header does not describe this
- * volume and generation: the caller must then doubt the whole map.
+ * How to read stored epochs: a page whose sequence is at most `boundary`
+ * through `before`, any other through `after`.  A page whose values
+ * change on the way in is left dirty, so that it is stored again as it
+ * now reads.
+ */
+struct mapfile_xlate {
+	uint64_t boundary;
+	const uint8_t *before, *after;	/* 256 entries each */
+};
+
+/*
+ * Load the newest valid version of every page into cm, translated by x
+ * (NULL: as stored).  -ENOENT when the file is missing, -EBADMSG when its
+ * header does not describe this volume and generation: the caller must
+ * then doubt the whole map.  Later writes get sequences above both
+ * every stored one and x->boundary.
  */
 int mapfile_open(int dirfd, const struct vt_fsops *ops, const struct superblock *sb,
-		 struct changemap *cm, struct mapfile **out, struct mapfile_report *rep);
+		 struct changemap *cm, const struct mapfile_xlate *x, struct mapfile **out,
+		 struct mapfile_report *rep);
 
 /* Raise the blocks of every damaged page to epoch e. */
 void mapfile_mark_lost(struct mapfile *mf, struct changemap *cm, uint8_t e);
 
-/* Write dirty pages and sync.  On failure the pages stay dirty. */
-int mapfile_persist(struct mapfile *mf, struct changemap *cm);
+/* Write dirty pages and sync.  On failure the pages stay dirty.
+ * *max_epoch (optional) receives the largest epoch written, 0 if none. */
+int mapfile_persist(struct mapfile *mf, struct changemap *cm, uint8_t *max_epoch);
+
+/* The largest sequence any page write has used so far, whether or not
+ * it reached the disk: every page stored from now on is newer. */
+uint64_t mapfile_last_seq(const struct mapfile *mf);
 
 void mapfile_close(struct mapfile *mf);
 

@@ -16,7 +16,10 @@
 
 #define SB_SIZE 4096
 #define SB_MAGIC "VTRKSUPR"
-#define SB_VERSION 2
+#define SB_VERSION 3
+/* From this version on the checkpoint list may carry a numbering record,
+ * which older readers would ignore and then misread the change map. */
+#define SB_VERSION_NUMBERED 3
 
 #define SB_MIN_GRANULARITY (4u << 10)
 #define SB_MAX_GRANULARITY (64u << 20)

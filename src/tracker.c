@@ -7,9 +7,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "epochs.h"
 #include "log.h"
 #include "metablock.h"
 #include "pause.h"
+#include "untracked.h"
 
 struct tracker {
 	struct metadir *md;
@@ -26,6 +28,10 @@ struct tracker {
 	struct checkpoint_list ckpts;
 	_Atomic uint8_t open_epoch;
 	atomic_uint tick;
+	pthread_mutex_t persist_lock;	/* map persists; taken after lock */
+	struct epochs_seq numbering;	/* readers' tickets (epochs.h) */
+	uint64_t serials;		/* the last checkpoint serial given */
+	struct tracker_renumber_hook hook;
 
 	bool live;
 	pthread_t flusher;
@@ -80,73 +86,6 @@ int tracker_format(struct metadir *md, const struct superblock *sb)
 	return err;
 }
 
-/* The identity recorded at the clean close against the volume now; NULL
- * when it matches and can be trusted to, else why not. */
-static const char *changed_since_close(const struct superblock *sb,
-				       const struct volume_identity *id)
-{
-	if (sb->id_size != id->size)
-		return "the volume changed size while nothing tracked it: everything is "
-		       "reported changed";
-	if (sb->volume_kind != SB_KIND_FILE)
-		return NULL; /* a block device's node says nothing of its content */
-	if (sb->id_ino != id->ino || sb->id_ctime_ns != id->ctime_ns)
-		return "the volume was modified while nothing tracked it (inode or ctime "
-		       "differ): everything is reported changed";
-	struct volume_identity then = { .ctime_ns = sb->id_ctime_ns, .taken_ns = sb->id_taken_ns };
-	if (sb->id_taken_ns && !volume_identity_decisive(&then))
-		return "the volume was closed within its filesystem's timestamp granularity of "
-		       "its last write, so a later change could leave its ctime as it was: "
-		       "everything is reported changed";
-	return NULL;
-}
-
-/*
- * After an unclean stop, could anything but the tracker have written the
- * volume since?  The newest intent commit says (see intent.h): with no
- * region set it holds the volume's identity, which must still match;
- * otherwise it holds the write lease, and the tracker issued no write
- * whose ctime is past it.  NULL when the intents can be trusted, else
- * why not.  Block devices have no ctime: only their size can tell.
- */
-static const char *written_after_crash(const struct superblock *sb,
-				       const struct intent_stamp *st,
-				       const struct volume_identity *id)
-{
-	bool file = sb->volume_kind == SB_KIND_FILE;
-
-	if (id->size != sb->volume_size || (st->id.size && st->id.size != id->size))
-		return "the volume changed size after the last server stopped uncleanly: "
-		       "everything is reported changed";
-	if (!file)
-		return NULL;
-	if (st->id.ino && st->id.ino != id->ino)
-		return "the volume file was replaced after the last server stopped uncleanly: "
-		       "everything is reported changed";
-	if (id->ctime_ns < st->id.ctime_ns)
-		return "the volume's ctime went backwards after the last server stopped "
-		       "uncleanly (a restored file system, or a clock set back): everything "
-		       "is reported changed";
-	if (st->quiet) {
-		struct volume_identity then = { .ctime_ns = st->id.ctime_ns,
-						 .taken_ns = st->id.taken_ns };
-		if (st->id.ctime_ns != id->ctime_ns)
-			return "the volume was modified after the last server stopped uncleanly "
-			       "(its ctime differs from when it was last idle): everything is "
-			       "reported changed";
-		if (!volume_identity_decisive(&then))
-			return "the last server stopped uncleanly within its file system's "
-			       "timestamp granularity of its last write, so a later change could "
-			       "leave the ctime as it was: everything is reported changed";
-		return NULL;
-	}
-	if (st->lease_ns == 0 || id->ctime_ns > st->lease_ns)
-		return "the volume was modified after the last server stopped uncleanly "
-		       "(its ctime is past the server's last write lease): everything is "
-		       "reported changed";
-	return NULL;
-}
-
 /* For intent commits: the volume's identity now (see intent.h). */
 static int stamp_identity(void *arg, struct intent_identity *out)
 {
@@ -191,6 +130,7 @@ static int reset_history(struct tracker *t, bool keep_checkpoints, bool all_chan
 		t->ckpts.n = 0;
 		t->ckpts.open_epoch = 1;
 	}
+	t->ckpts.numbering.boundary = 0; /* the new map file holds memory's numbering */
 	/*
 	 * The intents are about to be emptied: the data they cover (the
 	 * crashed server's writes, possibly still only in the page cache)
@@ -235,6 +175,7 @@ static void free_tracker(struct tracker *t)
 	mapfile_close(t->mf);
 	changemap_free(&t->cm);
 	pthread_mutex_destroy(&t->lock);
+	pthread_mutex_destroy(&t->persist_lock);
 	pthread_mutex_destroy(&t->flush_lock);
 	pthread_cond_destroy(&t->flush_cond);
 	free(t);
@@ -245,12 +186,15 @@ static int reopen_files(struct tracker *t, const struct intent_config *icfg)
 {
 	struct mapfile_report rep;
 	struct intent_stamp stamp;
+	uint8_t before[256], after[256];
+	struct mapfile_xlate x;
 	uint32_t set;
 	bool doubt, damaged;
 	int err = 0;
 
+	epochs_load_tables(&t->ckpts, before, after, &x);
 	if (!t->mf)
-		err = mapfile_open(t->dirfd, t->ops, &t->sb, &t->cm, &t->mf, &rep);
+		err = mapfile_open(t->dirfd, t->ops, &t->sb, &t->cm, &x, &t->mf, &rep);
 	if (!err && !t->in)
 		err = intent_open(t->dirfd, t->ops, &t->sb, icfg, &t->in, &set, &stamp, &doubt,
 				  &damaged);
@@ -287,6 +231,7 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 	t->dirfd = metadir_fd(md);
 	t->cfg = *cfg;
 	pthread_mutex_init(&t->lock, NULL);
+	pthread_mutex_init(&t->persist_lock, NULL);
 	pthread_mutex_init(&t->flush_lock, NULL);
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
@@ -323,9 +268,12 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 	if (err)
 		goto fail;
 
-	/* 2. the persisted map */
+	/* 2. the persisted map, in the list's numbering */
 	if (t->info.start != TRACKER_START_RESET) {
-		err = mapfile_open(t->dirfd, t->ops, &t->sb, &t->cm, &t->mf, &rep);
+		uint8_t before[256], after[256];
+		struct mapfile_xlate x;
+		epochs_load_tables(&t->ckpts, before, after, &x);
+		err = mapfile_open(t->dirfd, t->ops, &t->sb, &t->cm, &x, &t->mf, &rep);
 		if (err == -ENOENT || err == -EBADMSG) {
 			map_doubt = true;
 		} else if (err) {
@@ -368,7 +316,7 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 				       "the volume was served without tracking (serve --no-track) "
 				       "since the last tracked run: everything is reported changed");
 	} else if (!(t->sb.state & SB_STATE_CLEAN)) {
-		why = written_after_crash(&t->sb, &stamp, id);
+		why = untracked_after_crash(&t->sb, &stamp, id);
 		if (why) {
 			err = doubt_everything(t, TRACKER_START_OFFLINE_CHANGE, why);
 		} else {
@@ -377,7 +325,7 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 				 "not closed cleanly: %u write-intent region(s) counted as changed",
 				 set);
 		}
-	} else if ((why = changed_since_close(&t->sb, id))) {
+	} else if ((why = untracked_since_close(&t->sb, id))) {
 		err = doubt_everything(t, TRACKER_START_OFFLINE_CHANGE, why);
 	}
 	if (!err)
@@ -385,6 +333,8 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 	if (err)
 		goto fail;
 	atomic_store(&t->open_epoch, t->ckpts.open_epoch);
+	for (uint32_t i = 0; i < t->ckpts.n; i++)
+		t->ckpts.items[i].serial = ++t->serials;
 
 	/* Recovery: every block of every intent region, and of every damaged
 	 * map page, is changed in the open epoch. */
@@ -523,17 +473,25 @@ static int persist_and_clear(struct tracker *t)
 	 * that writer's marks.
 	 */
 	unsigned now = atomic_fetch_add(&t->tick, 1) + 1;
+	uint8_t max;
 	int err;
 
 	/*
 	 * Not under t->lock: a persist under heavy write load takes tens of
 	 * milliseconds (its fdatasync queues behind the volume's writeback),
-	 * and checkpoints must not wait for it.  Only this thread persists
-	 * while the tracker is live.
+	 * and checkpoints must not wait for it.  While the tracker is live
+	 * only this thread and a renumbering persist, one at a time.
 	 */
-	err = mapfile_persist(t->mf, &t->cm);
+	pthread_mutex_lock(&t->persist_lock);
+	err = mapfile_persist(t->mf, &t->cm, &max);
+	pthread_mutex_unlock(&t->persist_lock);
 	pthread_mutex_lock(&t->lock);
 	t->info.last_persist_error = err;
+	/* A writer that loaded the open epoch before a renumbering marked
+	 * after it: harmless now, but it would count as changed since later
+	 * checkpoints too (epochs.h). */
+	if (max > t->ckpts.open_epoch)
+		epochs_clamp(&t->cm, t->ckpts.open_epoch);
 	pthread_mutex_unlock(&t->lock);
 	if (err)
 		return err;
@@ -628,7 +586,7 @@ int tracker_close(struct tracker *t, const struct volume_identity *id)
 	 * recovered from, and no write loses its intent before its data is
 	 * on disk (after a crash, the crashed server's writes may still be
 	 * only in the page cache when an offline command closes). */
-	err = mapfile_persist(t->mf, &t->cm);
+	err = mapfile_persist(t->mf, &t->cm, NULL);
 	if (!err)
 		err = sync_volume(t);
 	if (!err)
@@ -676,6 +634,48 @@ void tracker_write_end(struct tracker *t, uint64_t off, uint64_t len)
 	intent_end(t->in, off, len, atomic_fetch_add(&t->tick, 0));
 }
 
+/* Forget item `drop` of the list (EPOCHS_KEEP_ALL: none) and renumber;
+ * with t->lock held, which keeps checkpoints and readers' look-ups out. */
+static int renumber(struct tracker *t, uint32_t drop)
+{
+	struct epochs_host h = {
+		.md = t->md, .dirfd = t->dirfd, .ops = t->ops, .sb = &t->sb, .cm = &t->cm,
+		.mf = t->mf, .ckpts = &t->ckpts, .open_epoch = &t->open_epoch,
+		.numbering = &t->numbering,
+		.translated = t->hook.translated, .arg = t->hook.arg,
+	};
+
+	pthread_mutex_lock(&t->persist_lock);
+	int err = epochs_renumber(&h, drop);
+	pthread_mutex_unlock(&t->persist_lock);
+	if (!err && t->hook.done)
+		t->hook.done(t->hook.arg);
+	if (!err && t->live)
+		tracker_nudge(t); /* store the translated pages soon */
+	return err;
+}
+
+void tracker_set_renumber_hook(struct tracker *t, const struct tracker_renumber_hook *hook)
+{
+	pthread_mutex_lock(&t->lock);
+	t->hook = hook ? *hook : (struct tracker_renumber_hook){ 0 };
+	pthread_mutex_unlock(&t->lock);
+}
+
+int tracker_forget(struct tracker *t, const char *name)
+{
+	int err = -ENOENT;
+
+	if (!checkpoint_name_valid(name))
+		return -EINVAL;
+	pthread_mutex_lock(&t->lock);
+	const struct checkpoint *c = checkpoint_find(&t->ckpts, name);
+	if (c)
+		err = renumber(t, (uint32_t)(c - t->ckpts.items));
+	pthread_mutex_unlock(&t->lock);
+	return err;
+}
+
 static int add_checkpoint(struct tracker *t, const char *name, uint8_t flags,
 			  uint32_t snap_seq, bool sync, struct checkpoint *out);
 
@@ -708,18 +708,20 @@ static int add_checkpoint(struct tracker *t, const char *name, uint8_t flags,
 			  uint32_t snap_seq, bool sync, struct checkpoint *out)
 {
 	struct checkpoint_list next; /* 54 KiB: the control thread has the stack */
-	int err;
+	int err = 0;
 
 	if (!checkpoint_name_valid(name))
 		return -EINVAL;
 	pthread_mutex_lock(&t->lock);
-	if (checkpoint_find(&t->ckpts, name)) {
+	if (checkpoint_find(&t->ckpts, name))
+		err = -EEXIST;
+	else if (t->ckpts.n == CKPT_MAX)
+		err = -ENOSPC;
+	else if (t->ckpts.open_epoch == CM_MAX_EPOCH)
+		err = renumber(t, EPOCHS_KEEP_ALL); /* gaps left by failed stores */
+	if (err) {
 		pthread_mutex_unlock(&t->lock);
-		return -EEXIST;
-	}
-	if (t->ckpts.n == CKPT_MAX || t->ckpts.open_epoch == CM_MAX_EPOCH) {
-		pthread_mutex_unlock(&t->lock);
-		return -ENOSPC;
+		return err;
 	}
 	next = t->ckpts;
 	struct checkpoint *c = &next.items[next.n++];
@@ -729,6 +731,7 @@ static int add_checkpoint(struct tracker *t, const char *name, uint8_t flags,
 	c->snap_seq = snap_seq;
 	c->epoch = next.open_epoch;
 	c->created = (uint64_t)time(NULL);
+	c->serial = ++t->serials;
 	next.open_epoch++;
 	bool touched;
 	err = sync ? checkpoints_store(t->dirfd, t->ops, &t->sb, &t->ckpts, &next, &touched) :
@@ -823,7 +826,7 @@ void tracker_checkpoints(struct tracker *t, struct checkpoint_list *out)
 	pthread_mutex_unlock(&t->lock);
 }
 
-int tracker_checkpoint_epoch(struct tracker *t, const char *name, uint8_t *epoch)
+int tracker_checkpoint_find(struct tracker *t, const char *name, struct checkpoint *out)
 {
 	int err = -ENOENT;
 
@@ -831,11 +834,31 @@ int tracker_checkpoint_epoch(struct tracker *t, const char *name, uint8_t *epoch
 	pthread_mutex_lock(&t->lock);
 	const struct checkpoint *c = checkpoint_find(&t->ckpts, name);
 	if (c) {
-		*epoch = c->epoch;
+		*out = *c;
 		err = 0;
 	}
 	pthread_mutex_unlock(&t->lock);
 	return err;
+}
+
+int tracker_checkpoint_epoch(struct tracker *t, const char *name, uint8_t *epoch)
+{
+	struct checkpoint c;
+	int err = tracker_checkpoint_find(t, name, &c);
+
+	if (!err)
+		*epoch = c.epoch;
+	return err;
+}
+
+uint64_t tracker_read_begin(struct tracker *t)
+{
+	return epochs_read_begin(&t->numbering, &t->lock);
+}
+
+bool tracker_read_retry(struct tracker *t, uint64_t ticket)
+{
+	return epochs_read_retry(&t->numbering, ticket);
 }
 
 const struct changemap *tracker_map(const struct tracker *t)

@@ -116,7 +116,8 @@ void tracker_write_end(struct tracker *t, uint64_t off, uint64_t len);
 void tracker_nudge(struct tracker *t);
 
 /* -EEXIST for a taken name, -EINVAL for a bad one, -ENOSPC when
- * CKPT_MAX exist. */
+ * CKPT_MAX exist.  Takes checkpoints forever as long as old ones are
+ * forgotten: when the epochs run out it renumbers them first. */
 int tracker_checkpoint(struct tracker *t, const char *name, struct checkpoint *out);
 
 /* The same, with CKPT_F_* flags and a snapshot sequence number stored
@@ -143,11 +144,55 @@ int tracker_checkpoint_unstage(struct tracker *t, const char *name);
 /* Change a checkpoint's flags durably; -ENOENT for an unknown name. */
 int tracker_set_flags(struct tracker *t, const char *name, uint8_t set, uint8_t clear);
 
+/*
+ * Forget a checkpoint: durably, before this returns 0, and atomically
+ * (after a crash it is either there with its right answers or gone).
+ * The epochs are renumbered (epochs.h), so epoch numbers held from
+ * before are stale: see tracker_read_begin().  -EINVAL for a bad name,
+ * -ENOENT for an unknown one, else -errno of the metadata I/O, after
+ * which the checkpoint may or may not come back at the next start.
+ */
+int tracker_forget(struct tracker *t, const char *name);
+
+/*
+ * Whoever else keeps epoch numbers (the snapshots, beside their copies)
+ * follows renumberings: translated() runs inside the pass, with readers
+ * held off, and done() after it, outside, for its own stores.
+ */
+struct tracker_renumber_hook {
+	void (*translated)(void *arg, const uint8_t t[256]);
+	void (*done)(void *arg);
+	void *arg;
+};
+void tracker_set_renumber_hook(struct tracker *t, const struct tracker_renumber_hook *hook);
+
 /* A consistent copy of the checkpoint list. */
 void tracker_checkpoints(struct tracker *t, struct checkpoint_list *out);
 
+/* A checkpoint by name (its epoch in the current numbering and its
+ * serial), or -ENOENT. */
+int tracker_checkpoint_find(struct tracker *t, const char *name, struct checkpoint *out);
+
 /* The epoch a checkpoint closed, or -ENOENT. */
 int tracker_checkpoint_epoch(struct tracker *t, const char *name, uint8_t *epoch);
+
+/*
+ * Epoch numbers change when checkpoints are forgotten.  Whoever compares
+ * the map with a checkpoint's epoch takes a ticket first, looks the
+ * checkpoint up and scans, then asks whether it must start over:
+ *
+ *	do {
+ *		ticket = tracker_read_begin(t);
+ *		tracker_checkpoint_find(t, name, &c);
+ *		... changemap_run(map, ..., c.epoch, ...) ...
+ *	} while (tracker_read_retry(t, ticket));
+ *
+ * read_begin waits while a renumbering pass runs (milliseconds).  A
+ * ticket changes with every renumbering, so it also tells whether an
+ * epoch cached with it is still good.
+ */
+uint64_t tracker_read_begin(struct tracker *t);
+bool tracker_read_retry(struct tracker *t, uint64_t ticket);
 
 const struct changemap *tracker_map(const struct tracker *t);
 void tracker_info(struct tracker *t, struct tracker_info *info);

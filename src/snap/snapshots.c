@@ -84,6 +84,22 @@ static void doubt_copies(struct vt_snapshots *s)
 	free(l);
 }
 
+static void epochs_translated(void *arg, const uint8_t t[256])
+{
+	vt_snapset_renumber(((struct vt_snapshots *)arg)->set, t);
+}
+
+/* The records on disk follow; until they do, a crash leaves old values
+ * there, which are never below the new ones: an over-report only. */
+static void epochs_renumbered(void *arg)
+{
+	int err = vt_snapset_store_records(((struct vt_snapshots *)arg)->set);
+
+	if (err)
+		vt_warn("cannot rewrite the diff store's records after a renumbering: %s; a "
+			"crash now makes snapshots' bitmaps over-report", strerror(-err));
+}
+
 int vt_snapshots_open(struct metadir *md, struct tracker *t, struct volume *vol,
 		      const struct diffstore_config *cfg, bool live, struct vt_snapshots **out)
 {
@@ -140,6 +156,9 @@ int vt_snapshots_open(struct metadir *md, struct tracker *t, struct volume *vol,
 		doubt_copies(s);
 		err = diffstore_settle(s->ds, false);
 	}
+	if (!err)
+		tracker_set_renumber_hook(t, &(struct tracker_renumber_hook){
+			.translated = epochs_translated, .done = epochs_renumbered, .arg = s });
 	if (!err && live) {
 		err = -pthread_create(&s->keeper, NULL, keeper_main, s);
 		s->keeper_running = !err;
@@ -156,6 +175,8 @@ void vt_snapshots_close(struct vt_snapshots *s)
 {
 	if (!s)
 		return;
+	if (s->set)
+		tracker_set_renumber_hook(s->tracker, NULL);
 	if (s->pending.state != PENDING_NONE)
 		vt_snapshots_abort(s, s->pending.name);
 	stop_watchdog(s);

@@ -50,7 +50,7 @@ def test_init():
     t.equal(len(sb), 4096, "superblock is 4096 bytes")
     t.equal(sb[0:8], b"VTRKSUPR", "superblock magic")
     version, hlen, crc = struct.unpack_from("<III", sb, 8)
-    t.equal((version, hlen), (2, 4096), "version and header length")
+    t.equal((version, hlen), (3, 4096), "version and header length")
     t.equal(crc, crc32c(sb[:16] + b"\0\0\0\0" + sb[20:]), "CRC-32C over the block")
     size, gran, kind = struct.unpack_from("<QII", sb, 56)
     t.equal((size, gran, kind), (3 << 30, 128 << 10, 1), "size, granularity, kind")

@@ -587,7 +587,7 @@ static void scenario_create_errors(uint64_t seed)
 {
 	struct scen sc, *s = &sc;
 	struct metadir *md = NULL;
-	char path[512];
+	char path[1024];
 	int f, err;
 
 	bare_begin(s, "e creating a volume or a metadata directory fails", seed);

@@ -348,7 +348,7 @@ void recover_and_verify(struct scen *s, const struct volume_identity *given,
 {
 	struct tracker_info info;
 	uint64_t *now = malloc(sizeof(uint64_t) * NBLOCKS);
-	char line[512];
+	char line[2048];	/* MAX_REFS results of at most ~150 bytes */
 	size_t pos;
 
 	memset(v, 0, sizeof(*v));
@@ -373,6 +373,14 @@ void recover_and_verify(struct scen *s, const struct volume_identity *given,
 		uint8_t epoch;
 
 		res->present = tracker_checkpoint_epoch(s->t, r->name, &epoch) == 0;
+		if (r->forget_acked)
+			check(s, !res->present, "checkpoint %s came back after its delete was "
+			      "acknowledged", r->name);
+		if (!res->present && r->forgotten) {
+			pos += (size_t)snprintf(line + pos, sizeof(line) - pos, "; %s gone (deleted)",
+						r->name);
+			continue;
+		}
 		if (!res->present) {
 			pos += (size_t)snprintf(line + pos, sizeof(line) - pos, "; %s gone (%s)",
 						r->name, r->acked ? "acknowledged" :
@@ -391,8 +399,9 @@ void recover_and_verify(struct scen *s, const struct volume_identity *given,
 		}
 		pos += (size_t)snprintf(line + pos, sizeof(line) - pos,
 					"; %s%s (epoch %u): %llu block(s) differ, %llu missed, "
-					"%llu over-reported", r->name, r->acked ? "" :
-					" [creation had failed, came back]", epoch,
+					"%llu over-reported", r->name, !r->acked ?
+					" [creation had failed, came back]" : r->forgotten ?
+					" [delete had failed, still there]" : "", epoch,
 					(unsigned long long)res->differ,
 					(unsigned long long)res->missed,
 					(unsigned long long)res->over);

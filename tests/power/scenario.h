@@ -22,11 +22,13 @@
 #define GRAN (64u << 10)
 #define NBLOCKS (VOL_SIZE / GRAN)
 #define REGION_BLOCKS ((uint64_t)(64u << 20) / GRAN)
-#define MAX_REFS 4
+#define MAX_REFS 6
 
 struct reference {
 	char name[32];
 	bool acked;			/* tracker_checkpoint() succeeded */
+	bool forgotten;			/* tracker_forget() was tried: may be gone */
+	bool forget_acked;		/* ...and succeeded: must be gone */
 	uint64_t *hash;			/* each block's hash at that instant */
 };
 
