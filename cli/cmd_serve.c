@@ -386,6 +386,9 @@ int cmd_serve(int argc, char **argv)
 	/* Copies before the volume: a chunk's copy must never be less
 	 * durable than the overwrite that followed it. */
 	err = snaps ? diffstore_sync(snaps->ds) : 0;
+	/* Before the tracker it follows (its hooks and checkpoints). */
+	vt_snapshots_close(snaps);
+	snaps = NULL;
 	if (!err)
 		err = volume_sync(vol, &vt_fsops_posix);
 	if (err) {
@@ -409,6 +412,10 @@ int cmd_serve(int argc, char **argv)
 	status = 0;
 out:
 	ctl_server_stop(ctl);
+	if (snaps && srv)
+		nbd_server_stop(srv); /* no write may be copying any more */
+	vt_snapshots_close(snaps);
+	snaps = NULL;
 	if (tracker) {
 		/* Failed before a clean close: the superblock stays marked in
 		 * use, so the next start recovers from the intents. */
@@ -419,7 +426,6 @@ out:
 	if (unix_path)
 		unlink(unix_path);
 	nbd_server_destroy(srv);
-	vt_snapshots_close(snaps);
 	volume_close(vol);
 	metadir_close(md);
 	free(unix_path);
