@@ -46,6 +46,18 @@ What is asserted, and why it must hold:
   Without the freeze, ext4's ordered mode promises less (after journal
   recovery a file written but not yet synced may be shorter, or empty);
   the freeze is what makes the stricter statement true.
+- The control snapshot, without the freeze, is a crash-consistent
+  instant: on a read-write loop mount of its copy ext4 replays the
+  journal, and `e2fsck -fn` then finds it clean.  Its files are what
+  ext4's ordered mode promises after a crash there, and no more: every
+  file fsync'ed before the command started is whole, every log's bytes
+  fdatasync'ed before it are there if the file is, no file created after
+  the command returned exists, and a file holds only its own bytes or
+  zeros where they had not reached the disk, never other data.  (No
+  prefix of history here: a file created after one never synced may
+  survive it.)  This is the hold's cut checked against ext4's journal
+  ordering: a commit block without the journal blocks acknowledged
+  before it would not replay clean.
 - The checkpoint `base`, taken while the fresh file system was frozen
   and copied then, is the reference for `qemu:dirty-bitmap:base` on the
   snapshot: every 64 KiB block that differs between that copy and the
@@ -238,14 +250,15 @@ def content(name, size):
 class Rec:
     """One file of a writer's history, with the moments that matter
     (CLOCK_MONOTONIC, which the hooks read too)."""
-    __slots__ = ("seq", "name", "size", "mode", "issued", "opened", "writes", "synced",
-                 "done", "longest")
+    __slots__ = ("seq", "name", "size", "mode", "issued", "opened", "writes", "dsyncs",
+                 "synced", "done", "longest")
 
     def __init__(self, seq, name, size, mode):
         self.seq, self.name, self.size, self.mode = seq, name, size, mode
         self.issued = time.monotonic()   # before open(O_CREAT)
         self.opened = None               # after open returned
         self.writes = []                 # (issued, returned, end offset) per write(2)
+        self.dsyncs = []                 # (returned, end offset) per fdatasync of a log
         self.synced = None               # after the final fsync returned
         self.done = None                 # after close returned
         self.longest = 0.0               # the longest system call, seconds
@@ -312,6 +325,7 @@ class Writer(threading.Thread):
                     raise OSError(f"short write of {rec.name}: {n} bytes at {off}")
                 if rec.mode == "log":
                     rec.timed(os.fdatasync, fd)
+                    rec.dsyncs.append((time.monotonic(), off + n))
             if rec.mode != "nosync":
                 rec.timed(os.fsync, fd)
                 rec.synced = time.monotonic()
@@ -414,6 +428,53 @@ def check_files(root, writers, t_start, t_freeze, t_thaw, t_end):
     return totals
 
 
+def check_crash_files(root, writers, t_start, t_end):
+    """A snapshot taken without the freeze, after ext4 replayed its
+    journal: what ordered mode promises after a crash at an instant
+    between t_start and t_end, and no more (a file created after an
+    earlier one that was not synced may survive it, so there is no
+    prefix of history; an unsynced tail may read as zeros)."""
+    totals = {"whole": 0, "short-or-zeros": 0, "absent": 0}
+    for w in writers:
+        wdir = os.path.join(root, f"w{w.idx}")
+        if not F.check(os.path.isdir(wdir), f"crash-consistent snapshot holds w{w.idx}"):
+            continue
+        names = set(os.listdir(wdir))
+        by_name = {r.name: r for r in w.log}
+        strangers = sorted(names - set(by_name))
+        F.check(not strangers, f"w{w.idx}: no file the writer did not create, after a "
+                f"crash ({strangers[:5]})")
+        for r in w.log:
+            what = f"crash-consistent snapshot, w{w.idx}: {r.name}"
+            if r.name not in names:
+                F.check(r.synced is None or r.synced >= t_start, f"{what} was fsync'ed "
+                        "before the snapshot started, so it must be there: it is missing")
+                totals["absent"] += 1
+                continue
+            F.check(r.issued <= t_end, f"{what} was created after the snapshot returned, "
+                    "so it must not be there: it is")
+            with open(os.path.join(wdir, r.name), "rb") as f:
+                got = f.read()
+            want = content(r.name, r.size)
+            if r.synced is not None and r.synced < t_start:
+                F.check(got == want, f"{what} was fsync'ed before the snapshot started, so "
+                        f"it must be whole: {len(got)} of {r.size} bytes")
+            durable = max((end for t, end in r.dsyncs if t < t_start), default=0)
+            F.check(len(got) >= durable and got[:durable] == want[:durable],
+                    f"{what}: the {durable} bytes fdatasync'ed before the snapshot started "
+                    f"must be there ({len(got)} bytes are)")
+            # Ordered mode: never another file's data, only this file's
+            # bytes or zeros where they had not reached the disk.
+            foreign = len(got) > r.size or any(
+                got[o:o + 4096] != want[o:o + 4096] and
+                any(g != x and g != 0 for g, x in zip(got[o:o + 4096], want[o:o + 4096]))
+                for o in range(0, len(got), 4096))
+            F.check(not foreign, f"{what} holds only its own bytes, or zeros "
+                    f"({len(got)} of {r.size} bytes)")
+            totals["whole" if got == want else "short-or-zeros"] += 1
+    return totals
+
+
 def dirty_blocks(uri, ctx):
     out = run("nbdinfo", "--json", f"--map={ctx}", uri).stdout
     blocks = set()
@@ -486,6 +547,7 @@ def body(undo, state):
     hooklog = os.path.join(work, "hooks.log")
     copy1, copy2 = os.path.join(work, "snap1.img"), os.path.join(work, "snap2.img")
     base_img, live_img = os.path.join(work, "base.img"), os.path.join(work, "live.img")
+    raw_img = os.path.join(work, "raw.img")
     snap_uri = f"nbd+unix:///snapshot/snap?socket={srv.sock}"
     fuse = None
 
@@ -582,8 +644,12 @@ def body(undo, state):
     F.check(wait_for(lambda: all(w.done(t_end) >= 1 for w in writers) or
                      any(w.errors for w in writers), 300),
             "every writer wrote a file after the snapshot")
-    vt("snapshot", srv.volume, "raw")
-    ok, raw_dirty = ext4_superblock(export_head(srv, "snapshot/raw"))
+    t_raw_start = time.monotonic()
+    p = vt("snapshot", srv.volume, "raw", "--json")
+    t_raw_end = time.monotonic()
+    print(f"snapshot without the freeze: {p.stdout.strip()}", flush=True)
+    run("nbdcopy", f"nbd+unix:///snapshot/raw?socket={srv.sock}", raw_img)
+    ok, raw_dirty = ext4_superblock(read_head(raw_img))
     F.check(ok and raw_dirty, "a snapshot without the freeze shows ext4 as mounted "
             "(needs_recovery set): the check below can tell")
     vt("delete", srv.volume, "raw")
@@ -626,6 +692,27 @@ def body(undo, state):
                 "a sync is whole in it (the freeze wrote it back)")
         umount(snap_mnt)
     detach(rdev, copy1)
+
+    # The snapshot without the freeze is crash-consistent: ext4 replays
+    # its journal on a read-write mount of its copy and is then clean,
+    # with the files ordered mode promises.
+    with CRITICAL:
+        wdev = losetup(raw_img)
+        undo.push(f"detach {wdev}", lambda: detach(wdev, raw_img))
+    with CRITICAL:
+        p = run("mount", "-t", "ext4", wdev, snap_mnt, check=False)
+        if p.returncode == 0:
+            undo.push("unmount the replayed copy",
+                      lambda: is_mounted(snap_mnt) and umount(snap_mnt))
+    if F.equal(p.returncode, 0, f"the copy of the snapshot without the freeze mounts, "
+               f"replaying its journal ({p.stderr.strip()})"):
+        totals = check_crash_files(snap_mnt, writers, t_raw_start, t_raw_end)
+        print(f"crash-consistent snapshot files: {totals}", flush=True)
+        umount(snap_mnt)
+    detach(wdev, raw_img)
+    p = run("e2fsck", "-fn", raw_img, check=False)
+    F.equal(p.returncode, 0, f"e2fsck -fn after the journal replay is clean\n{p.stdout}"
+            f"{p.stderr}")
 
     # The snapshot's bitmap against the reference copy taken at base.
     differ = differing_blocks(base_img, copy1)
