@@ -3,8 +3,13 @@
 # installs what is missing; otherwise it prints the command to run.
 set -eu
 
+# mount (losetup, mount) and e2fsprogs (mkfs.ext4, e2fsck) are part of a
+# standard install but not essential; the file-system test and the demo's
+# file-system walk-through need them.  As root, nbdfuse mounts through
+# libfuse3 without fuse3's fusermount3, and umount ends it.
 PACKAGES="gcc meson ninja-build pkg-config liburing-dev libcmocka-dev \
-qemu-utils qemu-system-common nbdkit libnbd-bin python3-libnbd fio valgrind"
+qemu-utils qemu-system-common nbdkit libnbd-bin python3-libnbd fio valgrind \
+mount e2fsprogs"
 
 missing=""
 for p in $PACKAGES; do
