@@ -94,7 +94,8 @@ static int run_offline(const char *volume, const char *meta_path, int argc, char
 	}
 	/* With nothing in flight, a snapshot's hold has nothing to drain. */
 	struct vt_snapshots *snaps = NULL;
-	static const char *const snap_cmds[] = { "snapshot", "delete", "list", "status" };
+	static const char *const snap_cmds[] = { "snapshot", "delete", "list", "status",
+						 "changes" };
 	for (size_t i = 0; i < sizeof(snap_cmds) / sizeof(snap_cmds[0]); i++)
 		if (!strcmp(argv[0], snap_cmds[i]))
 			err = vt_snapshots_open(md, t, vol, &(struct diffstore_config){ 0 }, false,

@@ -156,14 +156,24 @@ static void print_extent(FILE *out, bool json, bool *first, uint64_t start, uint
 }
 
 /* The merged extents changed since epoch `since`, as lines or JSON objects. */
-static void print_changes(const struct changemap *cm, uint8_t since, bool json, FILE *out)
+/* Changed since `since`; with set, up to snapshot seq instead of now:
+ * exact, from the epochs kept beside its copies (snapset.h). */
+static void print_changes(const struct changemap *cm, uint8_t since, struct vt_snapset *set,
+			  uint32_t seq, bool json, FILE *out)
 {
 	bool first = true;
 	uint64_t off = 0, start = 0, len = 0;
 
 	while (off < cm->volume_size) {
 		bool changed;
-		uint64_t run = changemap_run(cm, off, cm->volume_size - off, since, &changed);
+		uint64_t run;
+		if (set) {
+			uint64_t b = off >> cm->gran_shift, next = (b + 1) << cm->gran_shift;
+			changed = vt_snapset_epoch_at(set, seq, b) > since;
+			run = (next < cm->volume_size ? next : cm->volume_size) - off;
+		} else {
+			run = changemap_run(cm, off, cm->volume_size - off, since, &changed);
+		}
 		if (changed && len && start + len == off) {
 			len += run;
 		} else if (changed) {
@@ -178,8 +188,9 @@ static void print_changes(const struct changemap *cm, uint8_t since, bool json, 
 		print_extent(out, json, &first, start, len);
 }
 
-static int cmd_changes(struct tracker *t, int argc, char **argv, FILE *out)
+static int cmd_changes(const struct ctl_env *env, int argc, char **argv, FILE *out)
 {
+	struct tracker *t = env->tracker;
 	struct opts o;
 	struct checkpoint since, until;
 	char *text = NULL;
@@ -201,17 +212,23 @@ static int cmd_changes(struct tracker *t, int argc, char **argv, FILE *out)
 			return fail(out, 1, "no checkpoint named '%s'", o.since);
 		/*
 		 * Only the latest write per block is kept, so a block written
-		 * after UNTIL may also have changed before it: such blocks are
-		 * reported, which keeps the answer a superset.
+		 * after a plain checkpoint UNTIL may also have changed before
+		 * it: such blocks are reported, which keeps the answer a
+		 * superset.  A snapshot UNTIL kept each block's epoch at its
+		 * instant beside the copy: that answer is exact.
 		 */
 		if (o.until && tracker_checkpoint_find(t, o.until, &until))
 			return fail(out, 1, "no checkpoint named '%s'", o.until);
 		if (o.until && until.epoch < since.epoch)
 			return fail(out, 1, "checkpoint '%s' is older than '%s'", o.until, o.since);
+		struct vt_snap sn;
+		bool exact = o.until && (until.flags & CKPT_F_SNAPSHOT) && env->snaps &&
+			     vt_snapset_get(env->snaps->set, o.until, &sn) == 0 && sn.valid;
 		FILE *mem = open_memstream(&text, &text_len);
 		if (!mem)
 			return fail(out, 1, "out of memory");
-		print_changes(cm, since.epoch, o.json, mem);
+		print_changes(cm, since.epoch, exact ? env->snaps->set : NULL, exact ? sn.seq : 0,
+			      o.json, mem);
 		if (fclose(mem)) {
 			free(text);
 			return fail(out, 1, "out of memory");
@@ -456,7 +473,7 @@ int ctl_run(const struct ctl_env *env, int argc, char **argv, FILE *out)
 	if (!strcmp(argv[0], "checkpoint"))
 		return cmd_checkpoint(t, argc, argv, out);
 	if (!strcmp(argv[0], "changes"))
-		return cmd_changes(t, argc, argv, out);
+		return cmd_changes(env, argc, argv, out);
 	if (!strcmp(argv[0], "list"))
 		return cmd_list(env, argc, argv, out);
 	if (!strcmp(argv[0], "snapshot"))

@@ -184,6 +184,12 @@ def test_bitmap_and_accounting():
         F.equal(dirty_blocks(snap_uri(srv, "b"), "qemu:dirty-bitmap:c"),
                 differing_blocks(ref_c, ref_b),
                 "qemu:dirty-bitmap:c on snapshot/b is exactly what changed between c and b")
+        ch = json.loads(vt("changes", srv.volume, "--since", "c", "--until", "b", "--json").stdout)
+        got = set()
+        for e in ch["extents"]:
+            got.update(range(e["offset"] // GRAN, (e["offset"] + e["length"]) // GRAN))
+        F.equal(got, differing_blocks(ref_c, ref_b),
+                "changes --since c --until b (a snapshot) is exact, after the origin moved")
         # Forgetting c renumbers the epochs (and the ones kept beside the
         # copies): the snapshots' bitmaps stay exact, also after a restart.
         want_ab = differing_blocks(ref_a, ref_b)
