@@ -124,7 +124,9 @@ static void conn_parse(struct nbd_conn *c)
 			c->inflight_bytes += rq.length;
 			sl->counted = true;
 		}
-		if (rq.type == NBD_CMD_WRITE) {
+		if (rq.type == NBD_CMD_WRITE && rq.length) {
+			/* An empty WRITE has no payload and no buffer: it
+			 * starts (and is answered) at once. */
 			sl->filled = 0;
 			c->rx = RX_PAYLOAD;
 			c->rx_slot = sl;
