@@ -206,8 +206,11 @@ static int load_slot(int fd, const struct superblock *sb, unsigned slot,
 		c->created = le64toh(created);
 		memcpy(c->name, payload + pos + ENTRY_FIXED, nlen);
 		c->name[nlen] = 0;
-		/* epochs strictly increase and stay below the open one */
-		if (!checkpoint_name_valid(c->name) || c->epoch >= l->open_epoch ||
+		/* the name is exactly nlen valid characters (a NUL inside
+		 * would pass the character check); epochs strictly increase
+		 * and stay below the open one */
+		if (strlen(c->name) != nlen || !checkpoint_name_valid(c->name) ||
+		    c->epoch >= l->open_epoch ||
 		    (i && c->epoch <= l->items[i - 1].epoch))
 			return -EBADMSG;
 		pos += ENTRY_FIXED + nlen;
