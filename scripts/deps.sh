@@ -1,10 +1,13 @@
 #!/bin/sh
 # Install the Debian packages voltrack builds and tests with.  As root it
 # installs what is missing; otherwise it prints the command to run.
+# clang and libFuzzer build the fuzz targets (fuzz/), whose corpora
+# `make check` replays.
 set -eu
 
 PACKAGES="gcc meson ninja-build pkg-config liburing-dev libcmocka-dev \
-qemu-utils qemu-system-common nbdkit libnbd-bin python3-libnbd fio valgrind"
+qemu-utils qemu-system-common nbdkit libnbd-bin python3-libnbd fio valgrind \
+clang libfuzzer-14-dev"
 
 missing=""
 for p in $PACKAGES; do
