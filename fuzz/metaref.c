@@ -168,6 +168,8 @@ static bool name_ok(const uint8_t *s, size_t n)
 		      c == '.' || c == '_' || c == '+' || c == '@' || c == ':' || c == '-'))
 			return false;
 	}
+	if ((n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.'))
+		return false;
 	return n >= 1 && n <= 200;
 }
 

@@ -21,6 +21,9 @@ bool checkpoint_name_valid(const char *name)
 
 	if (len == 0 || len > CKPT_NAME_MAX)
 		return false;
+	/* "." and ".." name directories wherever a name becomes a path */
+	if (!strcmp(name, ".") || !strcmp(name, ".."))
+		return false;
 	for (size_t i = 0; i < len; i++) {
 		char c = name[i];
 		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
