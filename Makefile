@@ -33,7 +33,7 @@ $(BUILD_TSAN)/build.ninja:
 need-clang:
 	@command -v clang >/dev/null 2>&1 || { \
 		echo "make: clang is not installed: the fuzz targets (fuzz/) need clang and" \
-		     "libFuzzer; run scripts/deps.sh as root (apt-get install clang libfuzzer-14-dev)" >&2; \
+		     "libFuzzer; run scripts/deps.sh as root (it installs clang libfuzzer-14-dev libclang-rt-14-dev)" >&2; \
 		exit 1; }
 
 $(BUILD_FUZZ)/build.ninja: | need-clang

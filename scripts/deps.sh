@@ -2,12 +2,14 @@
 # Install the Debian packages voltrack builds and tests with.  As root it
 # installs what is missing; otherwise it prints the command to run.
 # clang and libFuzzer build the fuzz targets (fuzz/), whose corpora
-# `make check` replays.
+# `make check` replays; libclang-rt-14-dev (only recommended by clang,
+# and recommends are not installed here) holds the sanitizer and
+# -fsanitize=fuzzer runtimes clang links.
 set -eu
 
 PACKAGES="gcc meson ninja-build pkg-config liburing-dev libcmocka-dev \
 qemu-utils qemu-system-common nbdkit libnbd-bin python3-libnbd fio valgrind \
-clang libfuzzer-14-dev"
+clang libfuzzer-14-dev libclang-rt-14-dev"
 
 missing=""
 for p in $PACKAGES; do
