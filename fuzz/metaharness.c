@@ -16,6 +16,8 @@
 
 #define VOLUME_SIZE (256ull << 20)
 #define GRANULARITY (64u << 10)
+/* The volume at 4 KiB blocks, the finest a superblock may claim. */
+#define MAX_REF_BLOCKS (VOLUME_SIZE / 4096)
 
 static const char *const file_names[META_NFILES] = {
 	"superblock", "changemap", "intent", "checkpoints",
@@ -249,8 +251,8 @@ static void reference(const struct image *img, enum meta_file target, size_t tle
 	}
 	const struct ref_sb *sb = &ex.sb;
 	uint64_t nb = ref_nblocks(sb);
-	if (nb > (1u << 20))
-		nb = 1u << 20; /* checked against the tracker's count first */
+	if (nb > MAX_REF_BLOCKS)
+		nb = MAX_REF_BLOCKS; /* a forged size; such a superblock is refused */
 	ex.changed_all = calloc(nb ? nb : 1, 1);
 	ex.min_epoch = calloc(nb ? nb : 1, sizeof(*ex.min_epoch));
 	FUZZ_CHECK(ex.changed_all && ex.min_epoch, "out of memory");
@@ -357,6 +359,7 @@ static void check_open(struct tracker *t, const struct checkpoint_list *l)
 
 	tracker_info(t, &info);
 	FUZZ_CHECK(cm->nblocks == ref_nblocks(&ex.sb), "the map does not cover the volume");
+	FUZZ_CHECK(cm->nblocks <= MAX_REF_BLOCKS, "more blocks than the reference holds");
 	if (l->n) {
 		FUZZ_CHECK(!ex.doubt_all || info.start != TRACKER_START_CLEAN,
 			   "metadata in doubt, yet a clean start");
@@ -367,9 +370,14 @@ static void check_open(struct tracker *t, const struct checkpoint_list *l)
 		uint8_t since = l->items[i].epoch;
 		for (uint64_t b = 0; b < cm->nblocks; b++) {
 			bool must = ex.doubt_all || ex.changed_all[b] || ex.min_epoch[b] > since;
-			if (must && epoch_of(cm, b) <= since) fprintf(stderr, "DBG b=%llu e=%u since=%u all=%d min=%u doubt=%d start=%s bad=%u\n", (unsigned long long)b, epoch_of(cm,b), since, ex.changed_all[b], ex.min_epoch[b], ex.doubt_all, tracker_start_name(info.start), info.bad_pages);
-			FUZZ_CHECK(!must || epoch_of(cm, b) > since,
-				   "a block that may have changed is reported unchanged");
+			if (must && epoch_of(cm, b) <= since) {
+				char why[200];
+				snprintf(why, sizeof(why), "block %llu may have changed since "
+					 "checkpoint '%s' (epoch %u) but is reported unchanged "
+					 "(epoch %u)", (unsigned long long)b, l->items[i].name,
+					 since, epoch_of(cm, b));
+				fixture_fail(__FILE__, __LINE__, why);
+			}
 		}
 	}
 	if (ex.map_damage)
