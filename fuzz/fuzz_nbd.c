@@ -33,8 +33,8 @@
 
 #include "fixture.h"
 #include "listen.h"
-#include "nbd_oracle.h"
 #include "metactx.h"
+#include "nbd_oracle.h"
 #include "server.h"
 #include "tracker.h"
 
