@@ -51,6 +51,8 @@ void fixture_fail(const char *file, int line, const char *what)
 
 	snprintf(msg, sizeof(msg), "voltrack-fuzz: %s:%d: %s", file, line, what);
 	__sanitizer_report_error_summary(msg);
+	/* libFuzzer leaves on abort() without running atexit handlers. */
+	remove_scratch();
 	abort();
 }
 
