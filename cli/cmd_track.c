@@ -88,6 +88,11 @@ static int run_offline(const char *volume, const char *meta_path, int argc, char
 	 * the dead server's writes may still be in the page cache only. */
 	cfg.volume = vol;
 	err = tracker_open(md, &id, false, &cfg, &t);
+	if (err == -ERANGE) {
+		cli_fail("%s changed size since 'voltrack init'; re-run init --force to adopt it",
+			 volume);
+		goto out;
+	}
 	if (err) {
 		cli_fail("cannot open the change tracker in %s: %s", meta_path, strerror(-err));
 		goto out;

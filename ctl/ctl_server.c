@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -109,6 +110,47 @@ static void serve_one(struct ctl_server *s, int fd)
 	free(buf);
 }
 
+/*
+ * Whoever can reach the socket could checkpoint, or read the change
+ * history of, the volume: only root and the owner of the metadata
+ * directory may, whatever the modes of the directory and the socket
+ * (which ought to keep everyone else out already).  The owner is looked
+ * up for each connection, so a chown takes effect at once.
+ */
+static int peer_allowed(const struct ctl_server *s, int fd, uid_t *uid)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	struct stat st;
+
+	*uid = (uid_t)-1;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || len != sizeof(cred))
+		return -errno ? -errno : -EPROTO;
+	*uid = cred.uid;
+	if (fstat(metadir_fd(s->env.md), &st) < 0)
+		return -errno;
+	return cred.uid == 0 || cred.uid == st.st_uid ? 0 : -EPERM;
+}
+
+static void refuse(int fd, uid_t uid, int err)
+{
+	static const char msg[] = "1voltrack: the control socket serves only root and the owner "
+				  "of the metadata directory\n";
+	char *scratch = malloc(MAX_REQUEST);
+
+	/* The request is read (bounded as any other) but never parsed: a
+	 * Unix socket closed with unread data resets its peer, which would
+	 * lose the refusal. */
+	if (scratch)
+		read_request(fd, scratch);
+	free(scratch);
+	vt_warn("control socket: refused a client (uid %ld): %s", uid == (uid_t)-1 ? -1L : (long)uid,
+		strerror(-err));
+	if (send(fd, msg, sizeof(msg) - 1, MSG_NOSIGNAL) < 0) {
+		/* it is going away anyway */
+	}
+}
+
 static void *ctl_main(void *arg)
 {
 	struct ctl_server *s = arg;
@@ -130,7 +172,12 @@ static void *ctl_main(void *arg)
 		int fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
 		if (fd < 0)
 			continue;
-		serve_one(s, fd);
+		uid_t uid;
+		int err = peer_allowed(s, fd, &uid);
+		if (err)
+			refuse(fd, uid, err);
+		else
+			serve_one(s, fd);
 		close(fd);
 	}
 	return NULL;

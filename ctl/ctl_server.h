@@ -8,6 +8,9 @@
  * stream ends the request.  The server answers one byte, the exit status
  * ('0', '1' or '2'), then the command's output, and closes.  Requests
  * are bounded (64 KiB, 64 arguments, 5 s) and served one at a time.
+ * The socket is mode 0600, and a peer (SO_PEERCRED) that is neither
+ * root nor the owner of the metadata directory gets status 1 and a
+ * refusal; nothing it sends is parsed.
  */
 #ifndef VOLTRACK_CTL_SERVER_H
 #define VOLTRACK_CTL_SERVER_H

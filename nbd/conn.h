@@ -41,7 +41,7 @@
 #define RBUF_SIZE	(256u << 10)
 #define MAX_SLOTS	128
 #define SEND_IOV	64
-#define INFLIGHT_BUDGET	(64u << 20)	/* payload bytes held by slots */
+#define INFLIGHT_BUDGET	(64u << 20)	/* buffer bytes held by slots */
 #define RETAIN_BUDGET	(16u << 20)	/* idle slot buffers kept per connection */
 #define MAX_EXTENTS	16384		/* descriptors per context per reply */
 #define HDR_SIZE	64		/* room for any reply header */
@@ -55,7 +55,7 @@ struct nbd_slot {
 	uint8_t *buf;			/* payload: WRITE in, READ out, BLOCK_STATUS out */
 	size_t cap;
 	uint64_t filled;		/* WRITE payload received so far */
-	bool counted;			/* rq.length is in conn->inflight_bytes */
+	uint64_t budget;		/* its share of conn->inflight_bytes */
 	uint32_t deferred_error;	/* answer once the payload is dropped */
 	/* reply */
 	uint8_t hdr[HDR_SIZE];
@@ -118,6 +118,9 @@ struct nbd_slot *slot_get(struct nbd_conn *c);
 void slot_put(struct nbd_conn *c, struct nbd_slot *sl);
 /* Grow sl's buffer to at least len bytes: 0 or -ENOMEM. */
 int slot_reserve(struct nbd_conn *c, struct nbd_slot *sl, size_t len);
+/* The buffer a request needs: its payload (READ, WRITE), or room for
+ * its block-status reply; what it counts against INFLIGHT_BUDGET. */
+uint64_t slot_buffer_size(const struct nbd_conn *c, const struct nbd_request *rq);
 /* Start a validated request whose payload, if any, has arrived; its
  * reply is queued when it completes. */
 void slot_start(struct nbd_slot *sl);

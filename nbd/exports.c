@@ -67,7 +67,8 @@ struct vt_export *export_table_get(struct nbd_export_table *t,
 	pthread_mutex_lock(&t->lock);
 	for (size_t i = 0; i < t->n; i++) {
 		struct vt_export *e = t->items[i];
-		if (strlen(e->name) == len && memcmp(e->name, name, len) == 0) {
+		/* name may be NULL when len is 0: the client sent no data. */
+		if (strlen(e->name) == len && (len == 0 || memcmp(e->name, name, len) == 0)) {
 			found = vt_export_get(e);
 			break;
 		}

@@ -26,9 +26,8 @@ struct nbd_slot *slot_get(struct nbd_conn *c)
 
 void slot_put(struct nbd_conn *c, struct nbd_slot *sl)
 {
-	if (sl->counted)
-		c->inflight_bytes -= sl->rq.length;
-	sl->counted = false;
+	c->inflight_bytes -= sl->budget;
+	sl->budget = 0;
 	/* Keep buffers for reuse, but not without bound: RSS stays flat. */
 	if (sl->cap && c->retained_bytes + sl->cap > RETAIN_BUDGET) {
 		free(sl->buf);
@@ -186,15 +185,27 @@ static void start_op(struct nbd_slot *sl, uint8_t type)
 	vt_export_start(sl->conn->s.export, &sl->conn->w->loop, op);
 }
 
+static size_t extents_max(const struct nbd_request *rq)
+{
+	return (rq->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : MAX_EXTENTS;
+}
+
+uint64_t slot_buffer_size(const struct nbd_conn *c, const struct nbd_request *rq)
+{
+	if (rq->type == NBD_CMD_BLOCK_STATUS)
+		return c->s.contexts.n * (NBD_CHUNK_HEADER_SIZE + 4 + extents_max(rq) * 8);
+	return rq->type == NBD_CMD_READ || rq->type == NBD_CMD_WRITE ? rq->length : 0;
+}
+
 static void block_status(struct nbd_slot *sl)
 {
 	struct nbd_conn *c = sl->conn;
 	const struct metactx_selection *sel = &c->s.contexts;
-	size_t max = (sl->rq.flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : MAX_EXTENTS;
+	size_t max = extents_max(&sl->rq);
 	size_t chunk_max = NBD_CHUNK_HEADER_SIZE + 4 + max * 8;
 	size_t pos = 0;
 
-	if (slot_reserve(c, sl, sel->n * chunk_max) < 0) {
+	if (slot_reserve(c, sl, slot_buffer_size(c, &sl->rq)) < 0) {
 		reply_error(sl, NBD_ENOMEM, "out of memory");
 		return;
 	}

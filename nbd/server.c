@@ -212,6 +212,16 @@ static void admit(struct nbd_server *srv, int fd)
 	pthread_mutex_unlock(&srv->lock);
 }
 
+int nbd_server_add_client(struct nbd_server *srv, int fd)
+{
+	if (!srv->started || atomic_load(&srv->stopping)) {
+		close(fd);
+		return -ESHUTDOWN;
+	}
+	admit(srv, fd);
+	return 0;
+}
+
 static void *acceptor_main(void *arg)
 {
 	struct nbd_server *srv = arg;

@@ -59,6 +59,14 @@ struct metactx_registry *nbd_server_contexts(struct nbd_server *srv);
 /* Adopt a socket that is already listening; the server closes it. */
 int nbd_server_add_listener(struct nbd_server *srv, int fd);
 
+/*
+ * Serve one client on a socket that is already connected (one end of a
+ * socketpair, or an inherited connection), exactly as if it had been
+ * accepted: the same cap, deadline and negotiation.  Only while the
+ * server runs; the server closes fd.
+ */
+int nbd_server_add_client(struct nbd_server *srv, int fd);
+
 int nbd_server_start(struct nbd_server *srv);
 void nbd_server_stop(struct nbd_server *srv);
 

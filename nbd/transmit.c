@@ -89,7 +89,11 @@ static void conn_parse(struct nbd_conn *c)
 		}
 		uint64_t payload = nbd_request_payload(&rq);
 		bool carries_data = rq.type == NBD_CMD_READ || rq.type == NBD_CMD_WRITE;
-		if (carries_data && c->busy && c->inflight_bytes + rq.length > INFLIGHT_BUDGET)
+		/* Block-status replies count too: with many contexts each
+		 * needs megabytes, and 128 of them in flight would be a
+		 * gigabyte per connection. */
+		uint64_t cost = slot_buffer_size(c, &rq);
+		if (cost && c->busy && c->inflight_bytes + cost > INFLIGHT_BUDGET)
 			return; /* wait for completions to free budget */
 		struct nbd_slot *sl = slot_get(c);
 		if (!sl)
@@ -120,11 +124,11 @@ static void conn_parse(struct nbd_conn *c)
 			reply_error(sl, err, error_text(err));
 			continue;
 		}
-		if (carries_data) {
-			c->inflight_bytes += rq.length;
-			sl->counted = true;
-		}
-		if (rq.type == NBD_CMD_WRITE) {
+		c->inflight_bytes += cost;
+		sl->budget = cost;
+		if (rq.type == NBD_CMD_WRITE && rq.length) {
+			/* An empty WRITE has no payload and no buffer: it
+			 * starts (and is answered) at once. */
 			sl->filled = 0;
 			c->rx = RX_PAYLOAD;
 			c->rx_slot = sl;

@@ -30,10 +30,20 @@ int listen_unix(const char *path, int *out)
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
-	if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 ||
-	    listen(fd, BACKLOG) < 0) {
+	/*
+	 * Owner only, whatever the umask.  Nobody can connect between the
+	 * bind and the chmod: a socket refuses connections until listen().
+	 * (umask() around the bind would change it for every thread.)
+	 */
+	if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
 		int err = -errno;
 		close(fd);
+		return err;
+	}
+	if (chmod(path, 0600) < 0 || listen(fd, BACKLOG) < 0) {
+		int err = -errno;
+		close(fd);
+		unlink(path);
 		return err;
 	}
 	*out = fd;

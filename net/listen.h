@@ -11,7 +11,8 @@
 #include <stddef.h>
 
 /* Bind PATH, replacing a stale socket file (the caller holds the lock
- * that makes any existing one stale). */
+ * that makes any existing one stale).  The socket is mode 0600 before it
+ * accepts anything: only its owner (and root) can connect. */
 int listen_unix(const char *path, int *fd);
 
 /*

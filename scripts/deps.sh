@@ -1,6 +1,10 @@
 #!/bin/sh
 # Install the Debian packages voltrack builds and tests with.  As root it
 # installs what is missing; otherwise it prints the command to run.
+# clang and libFuzzer build the fuzz targets (fuzz/), whose corpora
+# `make check` replays; libclang-rt-14-dev (only recommended by clang,
+# and recommends are not installed here) holds the sanitizer and
+# -fsanitize=fuzzer runtimes clang links.
 set -eu
 
 # mount (losetup, mount) and e2fsprogs (mkfs.ext4, e2fsck) are part of a
@@ -9,7 +13,7 @@ set -eu
 # libfuse3 without fuse3's fusermount3, and umount ends it.
 PACKAGES="gcc meson ninja-build pkg-config liburing-dev libcmocka-dev \
 qemu-utils qemu-system-common nbdkit libnbd-bin python3-libnbd fio valgrind \
-mount e2fsprogs"
+mount e2fsprogs clang libfuzzer-14-dev libclang-rt-14-dev"
 
 missing=""
 for p in $PACKAGES; do

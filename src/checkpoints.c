@@ -22,6 +22,9 @@ bool checkpoint_name_valid(const char *name)
 
 	if (len == 0 || len > CKPT_NAME_MAX)
 		return false;
+	/* "." and ".." name directories wherever a name becomes a path */
+	if (!strcmp(name, ".") || !strcmp(name, ".."))
+		return false;
 	for (size_t i = 0; i < len; i++) {
 		char c = name[i];
 		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -285,8 +288,11 @@ static int load_slot(const struct vt_fsops *ops, int fd, const struct superblock
 		c->created = le64toh(created);
 		memcpy(c->name, payload + pos + ENTRY_FIXED, nlen);
 		c->name[nlen] = 0;
-		/* epochs strictly increase from 1 and stay below the open one */
-		if (!checkpoint_name_valid(c->name) || c->epoch == 0 || c->epoch >= l->open_epoch ||
+		/* the name is exactly nlen valid characters (a NUL inside
+		 * would pass the character check); epochs strictly increase
+		 * from 1 and stay below the open one */
+		if (strlen(c->name) != nlen || !checkpoint_name_valid(c->name) || c->epoch == 0 ||
+		    c->epoch >= l->open_epoch ||
 		    (i && c->epoch <= l->items[i - 1].epoch))
 			return -EBADMSG;
 		pos += ENTRY_FIXED + nlen;

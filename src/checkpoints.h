@@ -69,8 +69,8 @@ struct checkpoint_list {
 	uint64_t seq;
 };
 
-/* Names are 1-200 characters from [A-Za-z0-9._+@:-]: safe in export
- * names, context names, file names and shells. */
+/* Names are 1-200 characters from [A-Za-z0-9._+@:-], other than "."
+ * and "..": safe in export names, context names, file names and shells. */
 bool checkpoint_name_valid(const char *name);
 
 const struct checkpoint *checkpoint_find(const struct checkpoint_list *l, const char *name);

@@ -125,7 +125,9 @@ static int scan_pages(const struct vt_fsops *ops, int fd, uint32_t npages, uint6
 				    const uint8_t *blk),
 		      void (*damaged)(void *arg, uint32_t page), void *arg)
 {
-	uint8_t *batch = aligned_alloc(MB_SIZE, (size_t)MB_SIZE * 2 * READ_BATCH);
+	/* No bigger than the map: most volumes have a page or two. */
+	uint32_t most = npages < READ_BATCH ? (npages ? npages : 1) : READ_BATCH;
+	uint8_t *batch = aligned_alloc(MB_SIZE, (size_t)MB_SIZE * 2 * most);
 
 	if (!batch)
 		return -ENOMEM;
@@ -137,14 +139,17 @@ static int scan_pages(const struct vt_fsops *ops, int fd, uint32_t npages, uint6
 			free(batch);
 			return (int)got;
 		}
-		if ((size_t)got < len) /* truncated file: the rest reads as garbage */
-			memset(batch + got, 0, len - (size_t)got);
 		for (uint32_t i = 0; i < n; i++) {
 			uint64_t s[2];
 			const uint8_t *b[2] = { batch + (size_t)MB_SIZE * 2 * i,
 						batch + (size_t)MB_SIZE * (2 * i + 1) };
-			bool ok0 = mb_check(b[0], PAGE_MAGIC, p0 + i, tag, &s[0]) == 0;
-			bool ok1 = mb_check(b[1], PAGE_MAGIC, p0 + i, tag, &s[1]) == 0;
+			/* A slot the file does not hold in full is damage, as
+			 * a short read is for every other metadata file: read
+			 * as zeroes, an all-zero page could pass its check. */
+			bool whole0 = (size_t)got >= (size_t)MB_SIZE * (2 * i + 1);
+			bool whole1 = (size_t)got >= (size_t)MB_SIZE * (2 * i + 2);
+			bool ok0 = whole0 && mb_check(b[0], PAGE_MAGIC, p0 + i, tag, &s[0]) == 0;
+			bool ok1 = whole1 && mb_check(b[1], PAGE_MAGIC, p0 + i, tag, &s[1]) == 0;
 			if (ok0 || ok1) {
 				unsigned slot = ok0 && (!ok1 || s[0] > s[1]) ? 0 : 1;
 				if (s[slot] > *max_seq)

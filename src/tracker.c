@@ -246,6 +246,11 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 	};
 
 	err = metadir_read_superblock(md, &t->sb);
+	/* The superblock's geometry sizes everything allocated below; it is
+	 * trusted only for the volume it describes, so that a damaged or
+	 * forged size can never ask for terabytes of map. */
+	if (!err && t->sb.volume_size != id->size)
+		err = -ERANGE;
 	if (!err)
 		err = changemap_init(&t->cm, t->sb.volume_size, t->sb.granularity);
 	if (err)

@@ -83,6 +83,9 @@ struct tracker;
  * Open with the metadata directory locked by the caller.  `id` is the
  * volume as it is now.  With `live`, the flusher and committer threads
  * run and the superblock is marked in use before this returns.
+ * -ERANGE when the volume is not the size the superblock records (the
+ * caller says so: `init --force` adopts a new size); the superblock's
+ * errors (metadir_read_superblock) when it cannot be read.
  */
 int tracker_open(struct metadir *md, const struct volume_identity *id, bool live,
 		 const struct tracker_config *cfg, struct tracker **out);

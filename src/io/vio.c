@@ -55,8 +55,15 @@ void vio_wake(struct vio_engine *eng)
 
 int vio_stream_attach(struct vio_engine *eng, struct vio_stream *s, int fd)
 {
+	int type;
+	socklen_t len = sizeof(type);
+
 	memset(s, 0, sizeof(*s));
 	s->fd = fd;
+	/* A peer that vanishes mid-reply must cost an EPIPE, never the
+	 * process: writes to sockets carry MSG_NOSIGNAL, whatever the
+	 * embedding program did with SIGPIPE. */
+	s->socket = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0;
 	return eng->ops->stream_attach(eng, s);
 }
 
@@ -187,7 +194,12 @@ int vio_exec_sync(struct vio_req *req)
 		res = res < 0 ? -errno : res;
 		break;
 	case VIO_STREAM_WRITE:
-		res = writev(req->stream->fd, req->iov, (int)req->iovcnt);
+		if (req->stream->socket) {
+			struct msghdr msg = { .msg_iov = req->iov, .msg_iovlen = req->iovcnt };
+			res = sendmsg(req->stream->fd, &msg, MSG_NOSIGNAL);
+		} else {
+			res = writev(req->stream->fd, req->iov, (int)req->iovcnt);
+		}
 		res = res < 0 ? -errno : res;
 		break;
 	default:

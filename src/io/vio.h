@@ -30,6 +30,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 enum vio_op {
@@ -41,7 +42,7 @@ enum vio_op {
 	VIO_BLKZEROOUT,		/* ioctl(BLKZEROOUT, off, len) */
 	VIO_WRITE_ZEROES,	/* write literal zeroes over off, len */
 	VIO_STREAM_READ,	/* readv on an attached stream */
-	VIO_STREAM_WRITE,	/* writev on an attached stream */
+	VIO_STREAM_WRITE,	/* writev on an attached stream; never raises SIGPIPE */
 };
 
 #define VIO_F_DSYNC 1u		/* write through to stable storage */
@@ -69,6 +70,8 @@ struct vio_req {
 /* A stream fd (socket, pipe) attached to an engine; embed it anywhere. */
 struct vio_stream {
 	int fd;
+	bool socket;			/* writes go through sendmsg(MSG_NOSIGNAL) */
+	struct msghdr msg;		/* the pending write's, for sendmsg */
 	struct vio_req *pending_read;	/* engine-private */
 	struct vio_req *pending_write;
 	bool armed;

@@ -88,7 +88,15 @@ static void prep(struct io_uring_sqe *sqe, struct vio_req *req)
 		io_uring_prep_readv(sqe, req->stream->fd, req->iov, req->iovcnt, 0);
 		break;
 	case VIO_STREAM_WRITE:
-		io_uring_prep_writev(sqe, req->stream->fd, req->iov, req->iovcnt, 0);
+		if (req->stream->socket) {
+			/* One write is pending per stream, so its msghdr can
+			 * live in the stream until the completion. */
+			struct msghdr *msg = &req->stream->msg;
+			*msg = (struct msghdr){ .msg_iov = req->iov, .msg_iovlen = req->iovcnt };
+			io_uring_prep_sendmsg(sqe, req->stream->fd, msg, MSG_NOSIGNAL);
+		} else {
+			io_uring_prep_writev(sqe, req->stream->fd, req->iov, req->iovcnt, 0);
+		}
 		break;
 	default:
 		/* Blocking ops never reach the ring; see uring_submit(). */

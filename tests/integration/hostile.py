@@ -9,9 +9,10 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import time
 
-from harness import Failures, Server
+from harness import VOLTRACK, Failures, Server
 
 t = Failures()
 SIZE = 16 << 20
@@ -217,6 +218,65 @@ def transmission_cases(srv, before):
     witness(srv, "transmission-phase abuse")
 
 
+def vm_size_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1])
+    return 0
+
+
+def block_status_budget():
+    """Pipelined BLOCK_STATUS with 64 contexts: each reply needs room for
+    16384 descriptors per context (8 MiB); 128 unread ones must stay
+    within the connection's in-flight budget, not take a gigabyte."""
+    srv = Server(size=SIZE)
+    try:
+        for i in range(64):
+            subprocess.run([VOLTRACK, "checkpoint", srv.volume, f"c{i}"], check=True,
+                           stdout=subprocess.DEVNULL)
+        srv.start()
+        h = srv.connect()
+        for b in range(0, SIZE, 128 << 10):  # every other 64 KiB block: many extents
+            h.pwrite(b"\x01" * 4096, b)
+        h.shutdown()
+        s = dial(srv)
+        option(s, 8)
+        t.equal(final_reply(s), 1, "structured replies")
+        names = [f"qemu:dirty-bitmap:c{i}".encode() for i in range(64)]
+        option(s, 10, struct.pack(">II", 0, len(names)) +
+               b"".join(struct.pack(">I", len(n)) + n for n in names))
+        ids = 0
+        while True:
+            _, rtype, _ = reply(s)
+            if rtype != 4:
+                break
+            ids += 1
+        t.equal(ids, 64, "64 dirty-bitmap contexts selected (premise)")
+        option(s, 7, struct.pack(">IH", 0, 0))
+        t.equal(final_reply(s), 1, "GO")
+        base = vm_size_kib(srv.proc.pid)
+        s.sendall(b"".join(struct.pack(">IHHQQI", REQ_MAGIC, 0, 7, i, 0, SIZE)
+                           for i in range(128)))
+        time.sleep(1)  # let the server take what it will; a slow one takes less
+        grown = (vm_size_kib(srv.proc.pid) - base) >> 10
+        t.check(grown < 256, f"128 unread BLOCK_STATUS replies cost {grown} MiB, not a gigabyte")
+        answered, chunks, odd = set(), 0, 0
+        while len(answered) < 128:
+            magic, flags, typ, cookie, length = struct.unpack(">IHHQI", recv_exact(s, 20))
+            recv_exact(s, length)
+            odd += magic != 0x668e33ef or typ != 5
+            chunks += 1
+            if flags & 1:
+                answered.add(cookie)
+        t.check(odd == 0 and chunks == 128 * 64,
+                f"every request answered, one block-status chunk per context ({chunks}, {odd} odd)")
+        s.close()
+        witness(srv, "pipelined block status with 64 contexts")
+    finally:
+        srv.cleanup()
+
+
 def stall_cases():
     # Handshake timeout and connection cap (CVE-2024-7409).
     srv = Server(size=SIZE, extra=["--handshake-timeout", "1", "--max-connections", "4"]).start()
@@ -267,5 +327,6 @@ try:
             "no sanitizer reports")
 finally:
     srv.cleanup()
+block_status_budget()
 stall_cases()
 t.finish()

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -310,6 +311,31 @@ static void test_stream_write_and_cancel(void **state)
 	close(sv[1]);
 }
 
+/* A peer gone mid-reply costs the writer an EPIPE, never its life, even
+ * in a program that left SIGPIPE at its default (serve ignores it; a
+ * library user need not). */
+static void test_stream_write_to_vanished_peer(void **state)
+{
+	struct fixture *f = *state;
+	int sv[2];
+	struct vio_stream s;
+	uint8_t msg[4096] = { 0 };
+
+	signal(SIGPIPE, SIG_DFL);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	assert_int_equal(vio_stream_attach(f->eng, &s, sv[0]), 0);
+	close(sv[1]);
+
+	struct tracked w = { .counter = &f->completed };
+	w.iov = (struct iovec){ msg, sizeof(msg) };
+	w.req = (struct vio_req){ .op = VIO_STREAM_WRITE, .stream = &s, .iov = &w.iov,
+				  .iovcnt = 1, .done = tracked_done };
+	submit_wait(f, &w);
+	assert_int_equal(w.req.res, -EPIPE);
+	vio_stream_detach(f->eng, &s);
+	close(sv[0]);
+}
+
 static void *waker(void *arg)
 {
 	usleep(20000);
@@ -340,6 +366,7 @@ int main(void)
 		BOTH(test_zeroing_ops),
 		BOTH(test_stream_read_to_eof),
 		BOTH(test_stream_write_and_cancel),
+		BOTH(test_stream_write_to_vanished_peer),
 		BOTH(test_wake_from_another_thread),
 	};
 	/* Under valgrind: it cannot see the kernel fill buffers through
@@ -350,6 +377,7 @@ int main(void)
 		THREADS(test_zeroing_ops),
 		THREADS(test_stream_read_to_eof),
 		THREADS(test_stream_write_and_cancel),
+		THREADS(test_stream_write_to_vanished_peer),
 		THREADS(test_wake_from_another_thread),
 	};
 	if (getenv("VOLTRACK_TEST_NO_URING"))

@@ -1,0 +1,18 @@
+/*
+ * fuzz_superblock: arbitrary META/superblock contents against the library's
+ * readers, with the oracle of metaharness.h (input format there).
+ */
+#include "fixture.h"
+#include "metaharness.h"
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	meta_harness_init();
+	return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	meta_harness_run(META_SUPERBLOCK, data, size);
+	return 0;
+}
