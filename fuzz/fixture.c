@@ -40,9 +40,53 @@ static int nosync_fdatasync(const struct vt_fsops *ops, int fd)
 	return 0;
 }
 
+/* The rest as the real table does them. */
+static ssize_t nosync_pread(const struct vt_fsops *ops, int fd, void *buf, size_t len,
+			    uint64_t off)
+{
+	return vt_fsops_posix.pread(&vt_fsops_posix, fd, buf, len, off);
+}
+
+static int nosync_ftruncate(const struct vt_fsops *ops, int fd, uint64_t len)
+{
+	return vt_fsops_posix.ftruncate(&vt_fsops_posix, fd, len);
+}
+
+static int nosync_openat(const struct vt_fsops *ops, int dirfd, const char *name, int flags)
+{
+	return vt_fsops_posix.openat(&vt_fsops_posix, dirfd, name, flags);
+}
+
+static int nosync_mkdirat(const struct vt_fsops *ops, int dirfd, const char *name)
+{
+	return vt_fsops_posix.mkdirat(&vt_fsops_posix, dirfd, name);
+}
+
+static int nosync_rename(const struct vt_fsops *ops, int dirfd, const char *from, const char *to)
+{
+	return vt_fsops_posix.rename(&vt_fsops_posix, dirfd, from, to);
+}
+
+static int nosync_unlink(const struct vt_fsops *ops, int dirfd, const char *name)
+{
+	return vt_fsops_posix.unlink(&vt_fsops_posix, dirfd, name);
+}
+
+static int nosync_fsync_dir(const struct vt_fsops *ops, int dirfd)
+{
+	return 0;
+}
+
 const struct vt_fsops fixture_fsops_nosync = {
 	.pwrite = nosync_pwrite,
+	.pread = nosync_pread,
+	.ftruncate = nosync_ftruncate,
 	.fdatasync = nosync_fdatasync,
+	.openat = nosync_openat,
+	.mkdirat = nosync_mkdirat,
+	.rename = nosync_rename,
+	.unlink = nosync_unlink,
+	.fsync_dir = nosync_fsync_dir,
 };
 
 void fixture_fail(const char *file, int line, const char *what)
@@ -90,11 +134,11 @@ void fixture_create(struct fixture *fx, const char *name, uint64_t size, uint32_
 	snprintf(fx->vol_path, sizeof(fx->vol_path), "%s/disk.img", fx->dir);
 	snprintf(fx->meta_path, sizeof(fx->meta_path), "%s/disk.img.voltrack", fx->dir);
 
-	err = volume_create_file(fx->vol_path, size);
+	err = volume_create_file(&vt_fsops_posix, fx->vol_path, size);
 	if (!err)
 		err = volume_open(fx->vol_path, 0, &fx->vol);
 	if (!err)
-		err = metadir_open(fx->meta_path, true, &fx->md);
+		err = metadir_open(fx->meta_path, true, &vt_fsops_posix, &fx->md);
 	if (!err)
 		err = metadir_lock(fx->md);
 	if (err)

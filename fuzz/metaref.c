@@ -74,7 +74,7 @@ void ref_superblock(const uint8_t *f, size_t len, struct ref_sb *sb)
 	if (len < REF_BLOCK || memcmp(f, "VTRKSUPR", 8) != 0)
 		return;
 	sb->version = le32(f + 8);
-	if (sb->version == 0 || sb->version > 2 || le32(f + 12) != REF_BLOCK ||
+	if (sb->version == 0 || sb->version > 3 || le32(f + 12) != REF_BLOCK ||
 	    le32(f + 16) != crc_without(f, 16))
 		return;
 	memcpy(sb->volume_uuid, f + 24, 16);
@@ -197,12 +197,25 @@ static void ckpt_slot(const uint8_t *f, size_t len, const struct ref_sb *sb, uns
 	size_t pos = 16, end = (size_t)nblocks * REF_PAYLOAD;
 	if (n > REF_MAX_CKPT || open == 0)
 		return;
+	if (payload[9] & 1) {
+		/* the numbering record: count >= 1, a translation that keeps
+		 * order and never raises */
+		const uint8_t *t = payload + 16 + 16;
+		if (le32(payload + 16 + 8) == 0 || t[0] != 0)
+			return;
+		for (unsigned v = 1; v < 256; v++)
+			if (t[v] > v || t[v] < t[v - 1])
+				return;
+		pos = 16 + 272;
+	}
 	for (uint32_t i = 0; i < n; i++) {
 		if (pos + 16 > end)
 			return;
 		uint8_t e = payload[pos];
 		size_t nl = payload[pos + 1];
+		/* flags: SNAPSHOT and INVALID only */
 		if (pos + 16 + nl > end || !name_ok(payload + pos + 16, nl) || e >= open ||
+		    (payload[pos + 2] & ~3u) ||
 		    (i && e <= out->items[i - 1].epoch))
 			return;
 		memcpy(out->items[i].name, payload + pos + 16, nl);

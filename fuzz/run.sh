@@ -28,7 +28,10 @@ dirs=("$seeds")
 
 # stderr of the target is the server's log: noise at this rate.
 # libFuzzer keeps its own report (and the sanitizers') on a copy.
+# libFuzzer's own exit code for a crash is 77, which meson reads as
+# "skipped": a crash must fail.
 common=(-close_fd_mask=2 -artifact_prefix="$artifacts/$name-" -timeout=60
+	-error_exitcode=1 -timeout_exitcode=1
 	-rss_limit_mb=3072 -dict="$dict" -print_final_stats=1)
 
 scratch=

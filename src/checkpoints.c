@@ -281,9 +281,11 @@ static int load_slot(const struct vt_fsops *ops, int fd, const struct superblock
 		memcpy(&sseq, payload + pos + 4, 4);
 		c->snap_seq = le32toh(sseq);
 		/* A flag this version does not know could mean anything about
-		 * the snapshot's content: refuse rather than guess. */
+		 * the snapshot's content: the slot is not trusted.  (A newer
+		 * voltrack raises the superblock's version first, which keeps
+		 * this one out.) */
 		if (c->flags & ~CKPT_F_KNOWN)
-			return -EPROTONOSUPPORT;
+			return -EBADMSG;
 		memcpy(&created, payload + pos + 8, 8);
 		c->created = le64toh(created);
 		memcpy(c->name, payload + pos + ENTRY_FIXED, nlen);
