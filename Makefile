@@ -49,7 +49,7 @@ check: deps all $(BUILD_ASAN)/build.ninja $(BUILD_TSAN)/build.ninja need-clang $
 	$(MESON) test -C $(BUILD) --print-errorlogs --no-suite memcheck
 	$(MESON) test -C $(BUILD) --print-errorlogs --setup memcheck --suite memcheck
 	ninja -C $(BUILD_ASAN)
-	$(MESON) test -C $(BUILD_ASAN) --print-errorlogs --no-suite memcheck
+	$(MESON) test -C $(BUILD_ASAN) --print-errorlogs --no-suite memcheck --no-suite plain-only
 	ninja -C $(BUILD_TSAN)
 	$(MESON) test -C $(BUILD_TSAN) --print-errorlogs --suite threads
 	$(MAKE) check-fuzz
