@@ -187,26 +187,6 @@ bool diffstore_lost_power(const struct diffstore *ds)
 	return ds->found_pending && strcmp(ds->pending_boot_id, ds->boot_id) != 0;
 }
 
-int diffstore_copy_begin(struct diffstore *ds)
-{
-	int err = 0;
-
-	/* Count first, look second; diffstore_settle() clears the flag
-	 * first and counts second, so a copy it did not count sets the
-	 * mark again. */
-	atomic_fetch_add(&ds->copies_started, 1);
-	if (atomic_load(&ds->pending))
-		return 0;
-	pthread_mutex_lock(&ds->mark_lock);
-	if (!atomic_load(&ds->pending)) {
-		err = write_mark(ds, true);
-		if (!err)
-			atomic_store(&ds->pending, true);
-	}
-	pthread_mutex_unlock(&ds->mark_lock);
-	return err; /* on error the caller ends the copy as failed */
-}
-
 int diffstore_mark_pending(struct diffstore *ds)
 {
 	int err = 0;
@@ -221,6 +201,15 @@ int diffstore_mark_pending(struct diffstore *ds)
 	}
 	pthread_mutex_unlock(&ds->mark_lock);
 	return err;
+}
+
+int diffstore_copy_begin(struct diffstore *ds)
+{
+	/* Count first, look second; diffstore_settle() clears the flag
+	 * first and counts second, so a copy it did not count sets the
+	 * mark again.  On error the caller ends the copy as failed. */
+	atomic_fetch_add(&ds->copies_started, 1);
+	return diffstore_mark_pending(ds);
 }
 
 void diffstore_copy_end(struct diffstore *ds)
