@@ -247,10 +247,15 @@ def test_read_races_cow():
                 t.start()
             w = [srv.connect() for _ in range(2)]
             rng = random.Random(rnd)
-            for k in range(size // CHUNK):
-                off = rng.randrange(size // 4096) * 4096
-                n = min(size - off, rng.choice((4096, CHUNK, 2 * CHUNK)))
-                w[k % 2].pwrite(bytes([rnd + 0x40]) * n, off)
+            # Keep writing until the readers have raced enough writes (a
+            # loaded machine may give them few turns in one pass).
+            passes = 0
+            while passes == 0 or (reads[0] <= 50 and passes < 20):
+                for k in range(size // CHUNK):
+                    off = rng.randrange(size // 4096) * 4096
+                    n = min(size - off, rng.choice((4096, CHUNK, 2 * CHUNK)))
+                    w[k % 2].pwrite(bytes([rnd + 0x40]) * n, off)
+                passes += 1
             stop.set()
             for t in rs:
                 t.join()
