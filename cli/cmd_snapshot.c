@@ -137,12 +137,21 @@ static int group_snapshot(const char **vols, int nvols, const char *name, const 
 				failed++;
 		if (failed) {
 			/* A commit that could not be made durable: the others
-			 * would stand alone, so their snapshots go too. */
+			 * would stand alone, so they go too, checkpoints and
+			 * all: a group checkpoint on some volumes only would
+			 * let an incremental backup mix instants. */
+			int kept = 0;
 			for (int i = 0; i < nvols; i++)
-				call(socks[i], "delete", name, NULL, NULL);
-			status = cli_fail("group snapshot '%s': %d volume(s) could not make it "
-					  "durable; the snapshots were deleted (checkpoints stay)",
-					  name, failed);
+				if (call(socks[i], "delete", name, "--forget", NULL))
+					kept++;
+			if (kept)
+				status = cli_fail("group snapshot '%s': %d volume(s) could not make "
+						  "it durable, and %d of the %d could not delete it: "
+						  "delete it with 'voltrack delete VOLUME %s --forget'",
+						  name, failed, kept, nvols, name);
+			else
+				status = cli_fail("group snapshot '%s': %d volume(s) could not make "
+						  "it durable; nothing kept on any volume", name, failed);
 		}
 	}
 	for (int i = 0; i < nvols; i++)

@@ -144,6 +144,10 @@ int metadir_write_superblock(struct metadir *md, const struct superblock *sb)
 	uint8_t block[SB_SIZE];
 	int fd, err;
 
+	/* Written at the version it was read or made at: a directory is
+	 * raised only when something it stores needs it (doc/format.md). */
+	if (sb->version == 0 || sb->version > SB_VERSION)
+		return -EINVAL;
 	sb_encode(sb, block);
 	fd = md->ops->openat(md->ops, md->dirfd, SB_TMP_NAME, O_WRONLY | O_CREAT | O_TRUNC);
 	if (fd < 0)

@@ -43,6 +43,8 @@ int metadir_lock(struct metadir *md);
 
 /* -ENOENT when no superblock exists; sb_decode's errors otherwise. */
 int metadir_read_superblock(struct metadir *md, struct superblock *sb);
+/* Replace the superblock atomically (doc/format.md), at sb->version:
+ * -EINVAL for a version this build does not write. */
 int metadir_write_superblock(struct metadir *md, const struct superblock *sb);
 
 #endif

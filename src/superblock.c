@@ -72,7 +72,7 @@ void sb_encode(const struct superblock *sb, uint8_t out[SB_SIZE])
 {
 	memset(out, 0, SB_SIZE);
 	memcpy(out + OFF_MAGIC, SB_MAGIC, 8);
-	put32(out + OFF_VERSION, SB_VERSION);
+	put32(out + OFF_VERSION, sb->version);
 	put32(out + OFF_HEADER_LEN, SB_SIZE);
 	put32(out + OFF_FLAGS, sb->flags);
 	memcpy(out + OFF_VOLUME_UUID, sb->volume_uuid.bytes, 16);

@@ -20,6 +20,9 @@
 /* From this version on the checkpoint list may carry a numbering record,
  * which older readers would ignore and then misread the change map. */
 #define SB_VERSION_NUMBERED 3
+/* And checkpoints may be snapshots (entry flags): an older reader would
+ * serve the volume without copying the chunks they need. */
+#define SB_VERSION_SNAPSHOTS 3
 
 #define SB_MIN_GRANULARITY (4u << 10)
 #define SB_MAX_GRANULARITY (64u << 20)

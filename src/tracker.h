@@ -139,6 +139,14 @@ int tracker_checkpoint_flags(struct tracker *t, const char *name, uint8_t flags,
 int tracker_checkpoint_staged(struct tracker *t, const char *name, uint8_t flags,
 			      uint32_t snap_seq, struct checkpoint *out);
 int tracker_checkpoints_sync(struct tracker *t);
+
+/*
+ * Raise the superblock's format version to at least `version`, durably,
+ * before the caller stores what an older reader would misread (a
+ * snapshot flag, a numbering record): such a reader then refuses the
+ * directory instead of serving it wrongly.  A no-op when it already is.
+ */
+int tracker_require_version(struct tracker *t, uint32_t version);
 /* Take back the newest checkpoint, staged and not yet acknowledged,
  * while no write has been admitted since: durably, with its epoch open
  * again.  -ENOENT unless NAME is the newest. */

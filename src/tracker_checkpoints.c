@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "metadir.h"
 #include "pause.h"
 #include "tracker_impl.h"
 
@@ -51,6 +52,23 @@ int tracker_forget(struct tracker *t, const char *name)
 	const struct checkpoint *c = checkpoint_find(&t->ckpts, name);
 	if (c)
 		err = renumber(t, (uint32_t)(c - t->ckpts.items));
+	pthread_mutex_unlock(&t->lock);
+	return err;
+}
+
+int tracker_require_version(struct tracker *t, uint32_t version)
+{
+	int err = 0;
+
+	pthread_mutex_lock(&t->lock);
+	if (t->sb.version < version) {
+		uint32_t was = t->sb.version;
+		t->sb.version = version;
+		t->sb.sequence++;
+		err = metadir_write_superblock(t->md, &t->sb);
+		if (err)
+			t->sb.version = was;
+	}
 	pthread_mutex_unlock(&t->lock);
 	return err;
 }

@@ -191,6 +191,8 @@ int diffstore_mark_pending(struct diffstore *ds)
 {
 	int err = 0;
 
+	/* Count first, look second, as diffstore_copy_begin() does. */
+	atomic_fetch_add(&ds->marks_asked, 1);
 	if (atomic_load(&ds->pending))
 		return 0;
 	pthread_mutex_lock(&ds->mark_lock);
@@ -217,22 +219,29 @@ void diffstore_copy_end(struct diffstore *ds)
 	atomic_fetch_add(&ds->copies_done, 1);
 }
 
-int diffstore_settle(struct diffstore *ds, bool when_quiet)
+int diffstore_settle(struct diffstore *ds, bool when_quiet, int (*sync_origin)(void *arg),
+		     void *arg)
 {
 	if (!atomic_load(&ds->pending))
 		return 0;
+	unsigned long asked = atomic_load(&ds->marks_asked);
 	unsigned long started = atomic_load(&ds->copies_started);
 	bool quiet = started == ds->settle_seen;
 	ds->settle_seen = started;
 	if (atomic_load(&ds->copies_done) != started || (when_quiet && !quiet))
 		return -EAGAIN;	/* a copy is under way, or copies go on */
-	int err = diffstore_sync(ds);
+	int err = sync_origin(arg);
+	if (!err)
+		err = diffstore_sync(ds);
 	if (err)
 		return err;
 	pthread_mutex_lock(&ds->mark_lock);
 	atomic_store(&ds->pending, false);
-	if (atomic_load(&ds->copies_started) != started) {
-		atomic_store(&ds->pending, true);	/* one began since: not yet */
+	if (atomic_load(&ds->copies_started) != started ||
+	    atomic_load(&ds->marks_asked) != asked) {
+		/* A copy began, or a snapshot was prepared, after the syncs
+		 * were counted: not yet. */
+		atomic_store(&ds->pending, true);
 		err = -EAGAIN;
 	} else {
 		err = write_mark(ds, false);

@@ -73,6 +73,7 @@ struct diffstore {
 	pthread_mutex_t mark_lock;
 	atomic_bool pending;		/* the mark on disk is (being) set */
 	atomic_ulong copies_started, copies_done;
+	atomic_ulong marks_asked;	/* diffstore_mark_pending() calls */
 	unsigned long settle_seen;	/* copies_started at the last settle */
 	char boot_id[40];		/* this boot's */
 	char pending_boot_id[40];	/* found in the mark at open */
@@ -139,14 +140,23 @@ int diffstore_copy_begin(struct diffstore *ds);
 /* After the copy's last I/O, whatever its outcome. */
 void diffstore_copy_end(struct diffstore *ds);
 /* Set the mark now, ahead of the copies (a snapshot's prepare phase),
- * so that no write has to wait for it. */
+ * so that no write has to wait for it.  It also stands for the origin's
+ * writes before the snapshot's instant, which may not be on disk yet:
+ * a chunk never copied is read from the origin. */
 int diffstore_mark_pending(struct diffstore *ds);
-/* If every copy begun has ended (and, with when_quiet, none began since
- * the last call): sync the store and clear the mark.  0, or -EAGAIN
- * when copies were under way (try again later).  Clearing only after a
- * quiet period keeps a steady stream of copies from paying a sync each
- * time the mark would be set again. */
-int diffstore_settle(struct diffstore *ds, bool when_quiet);
+/*
+ * If every copy begun has ended (and, with when_quiet, none began since
+ * the last call): sync the origin (sync_origin(arg)), then the store,
+ * and clear the mark, unless a copy began or the mark was asked for
+ * again meanwhile.  0, or -EAGAIN when copies were under way (try again
+ * later).  The origin comes first because a snapshot's uncopied chunks
+ * are its writes from before the instant: until they are durable, a
+ * power cut could take them from the snapshot too.  Clearing only
+ * after a quiet period keeps a steady stream of copies from paying a
+ * sync each time the mark would be set again.
+ */
+int diffstore_settle(struct diffstore *ds, bool when_quiet, int (*sync_origin)(void *arg),
+		     void *arg);
 /* At open: was the mark set by a process of another boot? */
 bool diffstore_lost_power(const struct diffstore *ds);
 

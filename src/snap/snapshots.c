@@ -30,6 +30,15 @@ static int mark_invalid(void *arg, const char *name, const char *why)
 	return tracker_set_flags(s->tracker, name, CKPT_F_INVALID, 0);
 }
 
+/* Before the copies-pending mark is cleared: the origin's writes from
+ * before every snapshot's instant are made durable (diffstore.h). */
+static int sync_origin(void *arg)
+{
+	struct vt_snapshots *s = arg;
+
+	return volume_sync(s->vol, s->ops);
+}
+
 /*
  * The keeper: once a second, sync the diff store and clear its
  * copies-pending mark when no copy is under way, so that a power cut
@@ -49,7 +58,7 @@ static void *keeper_main(void *arg)
 		if (s->keeper_stop)
 			break;
 		pthread_mutex_unlock(&s->lock);
-		int err = diffstore_settle(s->ds, true);
+		int err = diffstore_settle(s->ds, true, sync_origin, s);
 		if (err && err != -EAGAIN && !warned)
 			vt_error("cannot sync the diff store: %s; a power cut now would invalidate "
 				 "the snapshots", strerror(-err));
@@ -128,6 +137,7 @@ int vt_snapshots_open(struct metadir *md, struct tracker *t, struct volume *vol,
 	}
 	s->tracker = t;
 	s->vol = vol;
+	s->ops = metadir_fsops(md);
 	uint32_t gran = 1u << cm->gran_shift;
 	err = diffstore_open(metadir_fd(md), metadir_fsops(md), cfg,
 			     vt_snapset_chunk_size(gran), vol->size, &s->ds);
@@ -154,7 +164,7 @@ int vt_snapshots_open(struct metadir *md, struct tracker *t, struct volume *vol,
 	free(snaps);
 	if (!err) {
 		doubt_copies(s);
-		err = diffstore_settle(s->ds, false);
+		err = diffstore_settle(s->ds, false, sync_origin, s);
 	}
 	if (!err)
 		tracker_set_renumber_hook(t, &(struct tracker_renumber_hook){
@@ -189,7 +199,7 @@ void vt_snapshots_close(struct vt_snapshots *s)
 	}
 	/* Every copy is over: the mark can go (a failure keeps it set, and
 	 * the next start after a power cut doubts the copies). */
-	if (s->ds && diffstore_settle(s->ds, false))
+	if (s->ds && diffstore_settle(s->ds, false, sync_origin, s))
 		vt_warn("the diff store could not be synced at close");
 	pthread_cond_destroy(&s->cond);
 	pthread_mutex_destroy(&s->lock);
@@ -290,7 +300,9 @@ static int hold(struct vt_snapshots *s, const char *name, unsigned timeout_ms,
 	 * and the copies-pending mark is set before any copy needs it, so
 	 * that no write waits for its sync */
 	tracker_nudge(s->tracker);
-	int merr = diffstore_mark_pending(s->ds);
+	int merr = tracker_require_version(s->tracker, SB_VERSION_SNAPSHOTS);
+	if (!merr)
+		merr = diffstore_mark_pending(s->ds);
 	if (merr) {
 		pthread_mutex_unlock(&s->lock);
 		return merr;

@@ -55,6 +55,7 @@ struct vt_pending {
 struct vt_snapshots {
 	struct tracker *tracker;
 	struct volume *vol;
+	const struct vt_fsops *ops;	/* the metadata directory's */
 	struct diffstore *ds;
 	struct vt_snapset *set;
 	struct vt_gate gate;

@@ -438,6 +438,46 @@ def test_machine_down():
         srv.cleanup()
 
 
+def superblock_version(srv, version=None):
+    """The superblock's format version; with `version`, rewrite it as an
+    older voltrack's init would have left it (doc/format.md)."""
+    path = os.path.join(srv.meta, "superblock")
+    with open(path, "r+b") as f:
+        blk = bytearray(f.read(4096))
+        if version is not None:
+            blk[8:12] = version.to_bytes(4, "little")
+            blk[16:20] = bytes(4)
+            blk[16:20] = crc32c(bytes(blk)).to_bytes(4, "little")
+            f.seek(0)
+            f.write(blk)
+    return int.from_bytes(blk[8:12], "little")
+
+
+def test_older_directory():
+    """A directory an older voltrack made (version 2) is raised to the
+    version that readers without snapshots refuse, before the first
+    snapshot's flag is stored: such a reader would otherwise serve the
+    volume and never copy a chunk for it."""
+    srv = Server(size=4 << 20)
+    try:
+        F.equal(superblock_version(srv, 2), 2, "the directory reads as version 2")
+        srv.start()
+        h = srv.connect()
+        h.pwrite(b"\x05" * 65536, 0)
+        h.flush()
+        vt("checkpoint", srv.volume, "plain")
+        F.equal(superblock_version(srv), 2, "a plain checkpoint leaves version 2 as it is")
+        vt("snapshot", srv.volume, "first")
+        F.equal(superblock_version(srv), 3, "the first snapshot raised the version to 3")
+        h.pwrite(b"\x06" * 65536, 0)
+        h.shutdown()
+        F.check(read_export(srv, "first", 65536) == b"\x05" * 65536,
+                "and the snapshot holds the volume as it was")
+    finally:
+        srv.stop()
+        srv.cleanup()
+
+
 def test_diff_store_options():
     """--diff-store and --diff-limit given at init hold for every later
     serve and offline command; init --force starts a new, empty store."""
@@ -570,7 +610,7 @@ def test_group():
 
 for test in (test_exact_instant, test_group, test_bitmap_and_accounting, test_hooks_and_timeout,
              test_diff_store_full, test_restart_and_kill, test_machine_down, test_offline,
-             test_diff_store_options):
+             test_older_directory, test_diff_store_options):
     print(f"# {test.__name__}", flush=True)
     test()
 F.finish()

@@ -148,7 +148,7 @@ static void tracked_write(struct run *r, struct tracker *t, uint64_t off, size_t
 
 static void setup(struct run *r)
 {
-	struct superblock sb = { 0 };
+	struct superblock sb = { .version = SB_VERSION };
 	uint8_t *buf = malloc(1 << 20);
 
 	strcpy(r->dir, "/tmp/voltrack-power-XXXXXX");

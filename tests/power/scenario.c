@@ -109,7 +109,7 @@ const char *errname(int err)
 void begin(struct scen *s, const char *label, uint64_t seed)
 {
 	static unsigned n;
-	struct superblock sb = { 0 };
+	struct superblock sb = { .version = SB_VERSION };
 	struct volume_identity id;
 
 	memset(s, 0, sizeof(*s));

@@ -13,7 +13,7 @@
 int testvol_create(struct testvol *tv, const char *prefix, uint64_t size, uint32_t granularity,
 		   const struct vt_fsops *ops)
 {
-	struct superblock sb = { 0 };
+	struct superblock sb = { .version = SB_VERSION };
 	struct volume_identity id;
 	int err;
 
