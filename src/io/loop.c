@@ -1,15 +1,21 @@
 #include "loop.h"
 
-int vt_loop_init(struct vt_loop *l, enum vio_backend backend, unsigned queue_depth)
+void vt_loop_init_engine(struct vt_loop *l, struct vio_engine *eng)
 {
-	int err = vio_engine_create(backend, queue_depth, &l->eng);
-
-	if (err)
-		return err;
+	l->eng = eng;
 	pthread_mutex_init(&l->lock, NULL);
 	l->resumed = NULL;
 	atomic_init(&l->has_resumed, false);
-	return 0;
+}
+
+int vt_loop_init(struct vt_loop *l, enum vio_backend backend, unsigned queue_depth)
+{
+	struct vio_engine *eng;
+	int err = vio_engine_create(backend, queue_depth, &eng);
+
+	if (!err)
+		vt_loop_init_engine(l, eng);
+	return err;
 }
 
 void vt_loop_destroy(struct vt_loop *l)

@@ -48,6 +48,9 @@ struct vt_loop {
 /* On the owner thread: an io_uring ring is tied to the thread that
  * submits to it.  Returns 0 or -errno from vio_engine_create(). */
 int vt_loop_init(struct vt_loop *l, enum vio_backend backend, unsigned queue_depth);
+/* The same over an engine the caller made (a test's, say); the loop owns
+ * it from here and destroys it with itself. */
+void vt_loop_init_engine(struct vt_loop *l, struct vio_engine *eng);
 
 /* Any thread, once the owner has stopped running the loop: frees the
  * engine.  Operations still parked must not be resumed afterwards. */

@@ -39,6 +39,11 @@ static int sync_origin(void *arg)
 	return volume_sync(s->vol, s->ops);
 }
 
+int vt_snapshots_settle(struct vt_snapshots *s)
+{
+	return diffstore_settle(s->ds, false, sync_origin, s);
+}
+
 /*
  * The keeper: once a second, sync the diff store and clear its
  * copies-pending mark when no copy is under way, so that a power cut

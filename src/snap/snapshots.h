@@ -112,6 +112,13 @@ int vt_snapshots_abort(struct vt_snapshots *s, const char *name);
  * -ENOENT when NAME has no snapshot.  *freed: diff-store bytes freed. */
 int vt_snapshots_delete(struct vt_snapshots *s, const char *name, uint64_t *freed);
 
+/*
+ * Sync the volume, then the diff store, and clear the copies-pending
+ * mark, unless a copy is under way (-EAGAIN).  A live server's keeper
+ * does this after each quiet second; offline users and tests call it.
+ */
+int vt_snapshots_settle(struct vt_snapshots *s);
+
 /* The read-only export "snapshot/NAME" (a new reference). */
 int vt_snapshots_export(struct vt_snapshots *s, const char *name, struct vt_export **out);
 
