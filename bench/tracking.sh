@@ -54,10 +54,21 @@ grep -o "not closed cleanly.*" "$W/serve.log" | tail -1 | sed 's/^/  recovery: /
 fio --name=load --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=32 \
 	--size=64G --time_based --runtime=40 --output=/dev/null & F=$!
 sleep 2
-python3 - "$W/big.img.voltrack/control.sock" <<'PY'
-import socket, sys, time
-v = []
+python3 - "$W/big.img.voltrack/control.sock" "$W/floor" <<'PY'
+import os, socket, sys, time
+# The floor: what one durable 4 KiB write costs on this file system under
+# the same load (a pwrite and an fdatasync of a file beside the metadata),
+# interleaved with the checkpoints.  A checkpoint is one such write.
+fd = os.open(sys.argv[2], os.O_RDWR | os.O_CREAT, 0o600)
+os.pwrite(fd, b"\0" * 4096, 0)
+os.fsync(fd)
+v, floor = [], []
 for i in range(50):
+    t0 = time.perf_counter()
+    os.pwrite(fd, bytes([i]) * 4096, 0)
+    os.fdatasync(fd)
+    floor.append((time.perf_counter() - t0) * 1000)
+    time.sleep(0.1)
     t0 = time.perf_counter()
     s = socket.socket(socket.AF_UNIX)
     s.connect(sys.argv[1])
@@ -69,11 +80,14 @@ for i in range(50):
     s.close()
     assert reply.startswith(b"0"), reply
     v.append((time.perf_counter() - t0) * 1000)
-    time.sleep(0.2)
+    time.sleep(0.1)
 v.sort()
-pct = lambda p: v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+floor.sort()
+pct = lambda v, p: v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
 print(f"checkpoint under full write load, {len(v)} runs (control socket round trip): "
-      f"p50 {pct(50):.1f} ms, p99 {pct(99):.1f} ms   (target < 20)")
+      f"p50 {pct(v, 50):.1f} ms, p99 {pct(v, 99):.1f} ms   (target < 20)")
+print(f"  the floor, a 4 KiB pwrite + fdatasync beside it under the same load: "
+      f"p50 {pct(floor, 50):.1f} ms, p99 {pct(floor, 99):.1f} ms")
 PY
 for i in $(seq 50); do
 	t0=$(now); "$VOLTRACK" checkpoint "$VOL" "load$i" >/dev/null; t1=$(now)
