@@ -255,6 +255,34 @@ static void cow_io_done(struct vt_op *op, int64_t res)
 	}
 }
 
+/* The chunk is claimed and the mark set: copy it out. */
+static void cow_copy(struct vt_op *op)
+{
+	cow_submit(op, VT_STAGE_COW_READ, op->tgt->vol->fd, op->cow.buf, op->cow.len,
+		   op->cow.off);
+}
+
+static void mark_resumed(struct vt_parked *p, int err)
+{
+	struct vt_op *op = OP_OF(p, park);
+
+	if (err) {
+		/* No mark, no copy: the snapshot loses, the write goes on. */
+		vt_snapset_publish(op->tgt->snaps, &op->cow, err);
+		cow_next(op);
+	} else {
+		cow_copy(op);
+	}
+}
+
+/* On the marker's thread: hand the op back to its own loop. */
+static void mark_ready(struct ds_mark_wait *w, int err)
+{
+	struct vt_op *op = OP_OF(w, mark_wait);
+
+	vt_loop_resume(op->loop, &op->park, err);
+}
+
 /* Walk the chunks the write covers, copying those a snapshot needs. */
 static void cow_next(struct vt_op *op)
 {
@@ -273,13 +301,16 @@ static void cow_next(struct vt_op *op)
 			/* Before its first I/O: the copies-pending mark must be
 			 * durable (diffstore.h), or a power cut could leave the
 			 * overwrite on disk and no sign that its copy is not. */
-			int err = diffstore_copy_begin(set->ds);
-			if (err) {
-				vt_snapset_publish(set, &op->cow, err);
+			op->mark_wait.ready = mark_ready;
+			op->park.resume = mark_resumed;
+			int r = diffstore_copy_begin(set->ds, &op->mark_wait);
+			if (r < 0) {
+				vt_snapset_publish(set, &op->cow, r);
 				continue;
 			}
-			cow_submit(op, VT_STAGE_COW_READ, op->tgt->vol->fd, op->cow.buf,
-				   op->cow.len, op->cow.off);
+			if (r == 0)
+				cow_copy(op);
+			/* else parked: mark_resumed() continues on this loop */
 			return;
 		}
 		}

@@ -32,8 +32,9 @@
  * loop.h) and is resumed on its own loop, where the stage that parked
  * it either continues or completes the op with the error that ended
  * the wait.  Three stages park: the gate while a hold lasts, COW while
- * another write copies the same chunk, and tracking until the write's
- * intent region is durable.
+ * another write copies the same chunk or until the diff store's
+ * copies-pending mark is durable (src/snap/marker.h), and tracking until
+ * the write's intent region is durable.
  *
  * The stages of a write, in order (op->stage):
  *
@@ -129,6 +130,7 @@ struct vt_op {
 	struct vt_parked park;
 	struct vt_gate_wait gate_wait;	/* GATE's wait for the release */
 	struct vt_cow_wait cow_wait;	/* COW's wait for another copier */
+	struct ds_mark_wait mark_wait;	/* COW's wait for the copies-pending mark */
 	uint64_t cow_next;		/* the next chunk COW looks at */
 	struct vt_cow_job cow;
 	struct iovec cow_iov;

@@ -205,13 +205,22 @@ int diffstore_mark_pending(struct diffstore *ds)
 	return err;
 }
 
-int diffstore_copy_begin(struct diffstore *ds)
+int diffstore_copy_begin(struct diffstore *ds, struct ds_mark_wait *w)
 {
 	/* Count first, look second; diffstore_settle() clears the flag
 	 * first and counts second, so a copy it did not count sets the
 	 * mark again.  On error the caller ends the copy as failed. */
 	atomic_fetch_add(&ds->copies_started, 1);
+	if (atomic_load(&ds->pending))
+		return 0;
+	if (ds->marker && w)
+		return ds_marker_wait(ds->marker, w);
 	return diffstore_mark_pending(ds);
+}
+
+int diffstore_start_marker(struct diffstore *ds)
+{
+	return ds->marker ? 0 : ds_marker_start(ds, &ds->marker);
 }
 
 void diffstore_copy_end(struct diffstore *ds)
@@ -402,6 +411,7 @@ void diffstore_close(struct diffstore *ds)
 {
 	if (!ds)
 		return;
+	ds_marker_stop(ds->marker);
 	if (ds->data_fd >= 0)
 		close(ds->data_fd);
 	if (ds->map_fd >= 0)

@@ -32,6 +32,7 @@
 #include <stdint.h>
 
 #include "fsops.h"
+#include "marker.h"
 #include "uuid.h"
 
 #define DS_DATA_NAME "diffstore"
@@ -78,6 +79,7 @@ struct diffstore {
 	char boot_id[40];		/* this boot's */
 	char pending_boot_id[40];	/* found in the mark at open */
 	bool found_pending;
+	struct ds_marker *marker;	/* sets the mark off the loops (live) */
 };
 
 struct diffstore_config {
@@ -135,8 +137,15 @@ static inline uint64_t diffstore_slot_offset(const struct diffstore *ds, uint32_
 #define DS_STATE_OFFSET 4096
 #define DS_HEADER_SIZE 8192	/* records start after the header and the mark */
 
-/* Before a copy's first I/O: make sure the mark is set (may sync). */
-int diffstore_copy_begin(struct diffstore *ds);
+/*
+ * Before a copy's first I/O: make sure the mark is set.  0 when it is
+ * (or was just set here, synchronously, when no marker runs or w is
+ * NULL); 1 when w waits for the marker (marker.h) to set it; -errno.
+ */
+int diffstore_copy_begin(struct diffstore *ds, struct ds_mark_wait *w);
+/* A live server's: from here on copiers wait for the mark on the
+ * marker's thread, not on their own.  Stopped by diffstore_close(). */
+int diffstore_start_marker(struct diffstore *ds);
 /* After the copy's last I/O, whatever its outcome. */
 void diffstore_copy_end(struct diffstore *ds);
 /* Set the mark now, ahead of the copies (a snapshot's prepare phase),

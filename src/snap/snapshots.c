@@ -174,6 +174,8 @@ int vt_snapshots_open(struct metadir *md, struct tracker *t, struct volume *vol,
 	if (!err)
 		tracker_set_renumber_hook(t, &(struct tracker_renumber_hook){
 			.translated = epochs_translated, .done = epochs_renumbered, .arg = s });
+	if (!err && live)
+		err = diffstore_start_marker(s->ds);
 	if (!err && live) {
 		err = -pthread_create(&s->keeper, NULL, keeper_main, s);
 		s->keeper_running = !err;

@@ -77,7 +77,7 @@ struct trial {
 
 static struct {
 	unsigned passed, failed;
-	unsigned writes, snapshots, deletes, settled, copies;
+	unsigned writes, snapshots, deletes, settled, copies, marker_waits;
 	unsigned cuts_pending, cuts_clear;
 	unsigned valid_checked, invalid_seen;
 	unsigned dropped, torn, kept;
@@ -357,6 +357,10 @@ static bool cut_power(struct trial *tr)
 				tr->refs[i].invalid_before = list.items[k].flags & CKPT_F_INVALID;
 
 	stats.copies += (unsigned)atomic_load(&tr->s->ds->copies_started);
+	struct ds_marker *m = tr->s->ds->marker;
+	pthread_mutex_lock(&m->lock);
+	stats.marker_waits += (unsigned)m->waits;
+	pthread_mutex_unlock(&m->lock);
 	for (enum fault_op op = FAULT_PWRITE; op <= FAULT_FSYNC_DIR; op++)
 		faultfs_arm(tr->ff, &(struct fault_spec){ .op = op, .fd = -1,
 							  .times = FAULT_FOREVER, .err = -EIO,
@@ -439,6 +443,9 @@ static void run_trial(struct faultfs *ff, unsigned trial)
 	check(err == 0, "trial %u: live open: %s", trial, strerror(-err));
 	if (err)
 		exit(1);
+	/* As a server does: copiers wait for the mark on its own thread. */
+	if (diffstore_start_marker(tr.s->ds))
+		exit(2);
 	if (vio_fsops_create(&ff->ops, &eng))
 		exit(2);
 	vt_loop_init_engine(&tr.loop, eng);
@@ -487,8 +494,9 @@ int main(void)
 		run_trial(&ff, trial);
 	faultfs_destroy(&ff);
 
-	printf("writes %u, snapshots %u, deleted %u, copies %u, settles that cleared the mark "
-	       "%u\n", stats.writes, stats.snapshots, stats.deletes, stats.copies, stats.settled);
+	printf("writes %u, snapshots %u, deleted %u, copies %u (%u waited for the marker), "
+	       "settles that cleared the mark %u\n", stats.writes, stats.snapshots, stats.deletes,
+	       stats.copies, stats.marker_waits, stats.settled);
 	printf("cuts with copies pending %u, with the mark clear %u; unsynced writes at the "
 	       "cuts: %u lost, %u torn, %u kept\n", stats.cuts_pending, stats.cuts_clear,
 	       stats.dropped, stats.torn, stats.kept);
@@ -497,6 +505,7 @@ int main(void)
 	/* The premises: without these the trials tested nothing. */
 	if (trials >= 20) {
 		check(stats.copies > 0, "copies were made");
+		check(stats.marker_waits > 0, "copies waited for the marker to set the mark");
 		check(stats.dropped > 0, "cuts lost unsynced writes");
 		check(stats.cuts_pending > 0 && stats.cuts_clear > 0,
 		      "cuts came both with copies pending and with the mark clear");
