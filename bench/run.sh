@@ -1,8 +1,8 @@
 #!/bin/bash
 # Side-by-side write-path benchmark: the same fio jobs, in one run, against
 # voltrack and the servers users would otherwise pick.  Prints IOPS, p99
-# latency and voltrack's ratio to each peer, its peak RSS, and the
-# tracking figures of tracking.sh.
+# latency and voltrack's ratio to each peer, its peak RSS, the cost of
+# TLS (tls.sh) and the tracking figures of tracking.sh.
 #
 #   bench/run.sh [SIZE] [RUNTIME_SECONDS] [ROUNDS]     (defaults: 1G 5 3)
 #
@@ -98,6 +98,8 @@ for round in $(seq "$ROUNDS"); do
 done
 
 python3 "$HERE/report.py" "$W" "$ROUNDS" "${SERVERS[@]}"
+echo
+"$HERE/tls.sh" "$VOLTRACK" "$SIZE" "$RT" "$ROUNDS"
 echo
 "$HERE/tracking.sh" "$VOLTRACK"
 echo

@@ -18,6 +18,7 @@
 #include "ctl_server.h"
 #include "snapshots.h"
 #include "size.h"
+#include "tls.h"
 #include "volume.h"
 
 #define MAX_LISTENERS 16
@@ -40,6 +41,9 @@ struct serve_opts {
 	const char *listen;
 	bool read_only;
 	bool no_track;
+	const char *tls_creds;		/* X.509 directory */
+	const char *tls_psk;		/* psktool file */
+	bool tls_verify_peer;
 	unsigned persist_ms;
 	struct diffstore_config diff;
 	struct nbd_server_config cfg;
@@ -60,6 +64,9 @@ static int parse(int argc, char **argv, struct serve_opts *o)
 		{ "persist-interval", required_argument, NULL, 'p' },
 		{ "diff-store", required_argument, NULL, 'D' },
 		{ "diff-limit", required_argument, NULL, 'L' },
+		{ "tls-creds", required_argument, NULL, 'T' },
+		{ "tls-psk", required_argument, NULL, 'P' },
+		{ "tls-verify-peer", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
 	};
 	unsigned v;
@@ -82,6 +89,9 @@ static int parse(int argc, char **argv, struct serve_opts *o)
 			o->persist_ms = v;
 			break;
 		case 'D': o->diff.data_path = optarg; break;
+		case 'T': o->tls_creds = optarg; break;
+		case 'P': o->tls_psk = optarg; break;
+		case 'V': o->tls_verify_peer = true; break;
 		case 'L':
 			if (cli_parse_size("--diff-limit", optarg, &o->diff.limit))
 				return EXIT_USAGE;
@@ -121,9 +131,31 @@ static int parse(int argc, char **argv, struct serve_opts *o)
 			return cli_usage("serve", "bad option");
 		}
 	}
+	if (o->tls_creds && o->tls_psk)
+		return cli_usage("serve", "--tls-creds and --tls-psk exclude each other");
+	if (o->tls_verify_peer && !o->tls_creds)
+		return cli_usage("serve", "--tls-verify-peer needs --tls-creds DIR");
 	if (optind != argc - 1)
 		return cli_usage("serve", "serve takes exactly one VOLUME");
 	o->volume = argv[optind];
+	return 0;
+}
+
+/* TLS credentials, checked before anything else is opened. */
+static int load_tls(struct serve_opts *o, struct nbd_tls_creds **out)
+{
+	char msg[512];
+	int err;
+
+	if (!o->tls_creds && !o->tls_psk)
+		return 0;
+	if (o->tls_creds)
+		err = nbd_tls_creds_x509(o->tls_creds, o->tls_verify_peer, out, msg, sizeof(msg));
+	else
+		err = nbd_tls_creds_psk(o->tls_psk, out, msg, sizeof(msg));
+	if (err)
+		return cli_fail("cannot use the TLS credentials: %s", msg);
+	o->cfg.tls = *out;
 	return 0;
 }
 
@@ -261,6 +293,7 @@ int cmd_serve(int argc, char **argv)
 	struct tracker *tracker = NULL;
 	struct vt_snapshots *snaps = NULL;
 	struct ctl_server *ctl = NULL;
+	struct nbd_tls_creds *tls = NULL;
 	struct ctl_exports exports = { .add = add_export, .remove = remove_export };
 	char *meta_path = NULL, *unix_path = NULL;
 	sigset_t stop_signals;
@@ -279,6 +312,8 @@ int cmd_serve(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	if (load_tls(&o, &tls))
+		goto out;
 	if (open_volume(&o, &md, &vol, &meta_path))
 		goto out;
 	if (!o.no_track) {
@@ -376,6 +411,9 @@ int cmd_serve(int argc, char **argv)
 		vt_info("serving %s (%s) with %s", o.volume, sz, nbd_server_engine(srv));
 	if (o.listen)
 		vt_info("also listening on tcp %s", o.listen);
+	if (tls)
+		vt_info("TLS required (%s%s)", nbd_tls_creds_kind(tls),
+			o.tls_verify_peer ? ", client certificates verified" : "");
 
 	while (sigwait(&stop_signals, &sig) != 0)
 		;
@@ -426,6 +464,7 @@ out:
 	if (unix_path)
 		unlink(unix_path);
 	nbd_server_destroy(srv);
+	nbd_tls_creds_free(tls); /* after the server: sessions used it */
 	volume_close(vol);
 	metadir_close(md);
 	free(unix_path);

@@ -22,6 +22,12 @@
  * gathered write, and one send is outstanding per connection so replies
  * never interleave.
  *
+ * With TLS (tls.h) the same holds for plaintext; the socket read and
+ * write then carry ciphertext to and from the session's buffers, and
+ * plaintext is decrypted straight into the receive buffer or a WRITE's
+ * slot.  A reply is done once it is encrypted; the connection closes
+ * only once its ciphertext has left too.
+ *
  * A connection dies (protocol error, socket error) by shutting its
  * socket down; it is freed only once no I/O of its own is outstanding
  * (no slot busy, no socket operation pending), because the kernel may
@@ -98,6 +104,8 @@ struct nbd_conn {
 	struct vio_req sreq;
 	struct iovec siov[SEND_IOV];
 	bool send_pending;
+	struct iovec tls_out;		/* the ciphertext being written */
+	bool tls_bye;			/* close_notify queued */
 
 	bool dead;			/* no more replies; close when idle */
 	bool draining;			/* server stopping */

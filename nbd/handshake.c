@@ -7,6 +7,13 @@
  * malformed option gets NBD_REP_ERR_INVALID and negotiation goes on; only
  * a broken frame (bad magic, an impossible length, unknown client flags)
  * ends the connection.
+ *
+ * With TLS configured the server is in the spec's FORCEDTLS mode: before
+ * STARTTLS every option but ABORT is refused with ERR_TLS_REQD (without
+ * acting on it), and EXPORT_NAME, which cannot be refused, closes the
+ * connection.  A successful STARTTLS starts from a clean session, so
+ * nothing a man in the middle may have sent in plaintext carries over
+ * (the CVE-2021-3716 class).
  */
 #include <errno.h>
 #include <poll.h>
@@ -18,6 +25,7 @@
 #include "log.h"
 #include "proto.h"
 #include "server_internal.h"
+#include "tls.h"
 #include "wire.h"
 
 /* Generous for 64 contexts of 4 KiB names; anything larger is hostile. */
@@ -43,6 +51,8 @@ static int hs_read(struct hs *h, void *buf, size_t len)
 {
 	uint8_t *p = buf;
 
+	if (h->s->tls)
+		return nbd_tls_read(h->s->tls, buf, len);
 	while (len) {
 		int err = hs_wait(h, POLLIN);
 		if (err)
@@ -65,6 +75,8 @@ static int hs_write(struct hs *h, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;
 
+	if (h->s->tls)
+		return nbd_tls_write(h->s->tls, buf, len);
 	while (len) {
 		int err = hs_wait(h, POLLOUT);
 		if (err)
@@ -359,6 +371,63 @@ static int opt_meta_context(struct hs *h, uint32_t opt, uint32_t len)
 	return err ? err : reply(h, opt, NBD_REP_ACK, NULL, 0);
 }
 
+/* Forget everything negotiated so far; keep only the TLS session. */
+static void forget_negotiated(struct nbd_session *s)
+{
+	struct nbd_tls *tls = s->tls;
+
+	s->tls = NULL;
+	nbd_session_release(s);
+	memset(s, 0, sizeof(*s));
+	s->tls = tls;
+}
+
+static int opt_starttls(struct hs *h, uint32_t len)
+{
+	const struct nbd_tls_creds *creds = h->srv->cfg.tls;
+	struct nbd_tls *tls;
+	int err;
+
+	if (!creds)
+		return reply_error(h, NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY,
+				   "TLS is not enabled on this server");
+	if (h->s->tls)
+		return reply_error(h, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+				   "TLS is already active");
+	if (len)
+		return reply_error(h, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+				   "STARTTLS takes no data");
+	err = reply(h, NBD_OPT_STARTTLS, NBD_REP_ACK, NULL, 0);
+	if (!err)
+		err = nbd_tls_accept(creds, h->fd, h->deadline_ms, &tls);
+	if (err)
+		return err; /* too late for plaintext: the ACK is out */
+	forget_negotiated(h->s);
+	h->s->tls = tls;
+	return 0;
+}
+
+/* Before STARTTLS on a server that requires TLS: 1 if the option may
+ * go ahead, 0 once refused, -errno to close. */
+static int tls_gate(struct hs *h, const struct nbd_option *opt)
+{
+	if (!h->srv->cfg.tls || h->s->tls)
+		return 1;
+	switch (opt->option) {
+	case NBD_OPT_STARTTLS:
+	case NBD_OPT_ABORT:
+		return 1;
+	case NBD_OPT_EXPORT_NAME:
+		vt_warn("client asked for an export without TLS; closing");
+		return -EACCES; /* no error reply exists for it */
+	default: {
+		int err = skip(h, opt->length);
+		return err ? err : reply_error(h, opt->option, NBD_REP_ERR_TLS_REQD,
+					       "TLS is required: send NBD_OPT_STARTTLS first");
+	}
+	}
+}
+
 /* One option.  Returns 1 to enter transmission, 0 to go on, -errno to close. */
 static int handle_option(struct hs *h)
 {
@@ -376,6 +445,9 @@ static int handle_option(struct hs *h)
 	}
 	if (!h->fixed && opt.option != NBD_OPT_EXPORT_NAME)
 		return -EPROTO; /* unfixed clients cannot receive errors */
+	err = tls_gate(h, &opt);
+	if (err <= 0)
+		return err;
 
 	switch (opt.option) {
 	case NBD_OPT_EXPORT_NAME:
@@ -385,6 +457,7 @@ static int handle_option(struct hs *h)
 	case NBD_OPT_STRUCTURED_REPLY:
 	case NBD_OPT_LIST_META_CONTEXT:
 	case NBD_OPT_SET_META_CONTEXT:
+	case NBD_OPT_STARTTLS:
 	case NBD_OPT_ABORT:
 		break;
 	default:
@@ -423,6 +496,8 @@ static int handle_option(struct hs *h)
 	case NBD_OPT_LIST_META_CONTEXT:
 	case NBD_OPT_SET_META_CONTEXT:
 		return opt_meta_context(h, opt.option, opt.length);
+	case NBD_OPT_STARTTLS:
+		return opt_starttls(h, opt.length);
 	case NBD_OPT_ABORT:
 		reply(h, opt.option, NBD_REP_ACK, NULL, 0); /* best effort */
 		return -ECONNABORTED;
@@ -435,8 +510,10 @@ void nbd_session_release(struct nbd_session *s)
 	metactx_selection_clear(&s->contexts);
 	vt_export_put(s->contexts_export);
 	vt_export_put(s->export);
+	nbd_tls_free(s->tls);
 	s->contexts_export = NULL;
 	s->export = NULL;
+	s->tls = NULL;
 }
 
 int nbd_handshake(struct nbd_server *srv, int fd, struct nbd_session *s)

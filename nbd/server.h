@@ -22,6 +22,8 @@
 #include "metactx.h"
 #include "vio.h"
 
+struct nbd_tls_creds;
+
 struct nbd_server_config {
 	unsigned workers;		/* event loops; 0: one per CPU */
 	unsigned max_connections;	/* negotiating and transmitting */
@@ -29,6 +31,9 @@ struct nbd_server_config {
 	unsigned shutdown_grace_ms;	/* for in-flight requests at stop */
 	uint32_t max_payload;		/* READ/WRITE limit, advertised */
 	enum vio_backend backend;
+	/* Non-NULL: TLS is required (FORCEDTLS in the NBD spec).  Owned by
+	 * the caller; it must outlive the server. */
+	const struct nbd_tls_creds *tls;
 };
 
 #define NBD_DEFAULT_MAX_CONNECTIONS 128

@@ -19,8 +19,10 @@ struct nbd_session {
 	uint16_t eflags;
 	struct metactx_selection contexts;
 	struct vt_export *contexts_export; /* counted; what SET named */
+	struct nbd_tls *tls;		/* owned; NULL for a plaintext session */
 };
 
+/* Drop everything the session holds, its TLS session too. */
 void nbd_session_release(struct nbd_session *s);
 
 struct nbd_conn;

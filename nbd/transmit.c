@@ -11,6 +11,7 @@
 #include "conn.h"
 #include "log.h"
 #include "proto.h"
+#include "tls.h"
 
 void conn_mark_dirty(struct nbd_conn *c)
 {
@@ -139,60 +140,50 @@ static void conn_parse(struct nbd_conn *c)
 	}
 }
 
-static void conn_post_recv(struct nbd_conn *c)
+/* Where the next bytes go (c->riov): false when nothing is to be read. */
+static bool conn_recv_dest(struct nbd_conn *c)
 {
-	if (c->recv_pending || c->rx_done || c->dead)
-		return;
-
 	if (c->rx == RX_PAYLOAD && c->rhead == c->rtail) {
 		/* Nothing buffered: read the rest straight into the slot. */
 		struct nbd_slot *sl = c->rx_slot;
 		c->riov.iov_base = sl->buf + sl->filled;
 		c->riov.iov_len = c->rx_need;
-	} else {
-		if (c->rx == RX_HEADER && c->rtail - c->rhead >= NBD_REQUEST_SIZE)
-			return; /* a whole request waits for a slot or budget */
-		if (c->rhead == c->rtail) {
-			c->rhead = c->rtail = 0;
-		} else if (RBUF_SIZE - c->rtail < RBUF_SIZE / 4) {
-			/* Little room left: move the partial request to the front. */
-			memmove(c->rbuf, c->rbuf + c->rhead, c->rtail - c->rhead);
-			c->rtail -= c->rhead;
-			c->rhead = 0;
-		}
-		c->riov.iov_base = c->rbuf + c->rtail;
-		c->riov.iov_len = RBUF_SIZE - c->rtail;
+		return true;
 	}
-	c->rreq.op = VIO_STREAM_READ;
-	c->rreq.stream = &c->stream;
-	c->rreq.iov = &c->riov;
-	c->rreq.iovcnt = 1;
-	c->rreq.done = recv_done;
-	c->recv_pending = true;
-	vio_submit(c->w->loop.eng, &c->rreq);
+	if (c->rx == RX_HEADER && c->rtail - c->rhead >= NBD_REQUEST_SIZE)
+		return false; /* a whole request waits for a slot or budget */
+	if (c->rhead == c->rtail) {
+		c->rhead = c->rtail = 0;
+	} else if (RBUF_SIZE - c->rtail < RBUF_SIZE / 4) {
+		/* Little room left: move the partial request to the front. */
+		memmove(c->rbuf, c->rbuf + c->rhead, c->rtail - c->rhead);
+		c->rtail -= c->rhead;
+		c->rhead = 0;
+	}
+	c->riov.iov_base = c->rbuf + c->rtail;
+	c->riov.iov_len = RBUF_SIZE - c->rtail;
+	return true;
 }
 
-static void recv_done(struct vio_req *io)
+/* n bytes (or the end, or an error) arrived at base, as conn_recv_dest chose. */
+static void recv_landed(struct nbd_conn *c, const void *base, int64_t n)
 {
-	struct nbd_conn *c = (struct nbd_conn *)((char *)io - offsetof(struct nbd_conn, rreq));
-
-	c->recv_pending = false;
 	conn_mark_dirty(c);
-	if (io->res <= 0) {
+	if (n <= 0) {
 		c->rx_done = true;
-		if (io->res < 0 && io->res != -ECANCELED && io->res != -ECONNRESET && !c->dead)
-			vt_warn("receive failed: %s", strerror((int)-io->res));
+		if (n < 0 && n != -ECANCELED && n != -ECONNRESET && !c->dead)
+			vt_warn("receive failed: %s", strerror((int)-n));
 		/* Complete requests already buffered still run and are
 		 * answered; conn_service() drops a half-received one. */
 		return;
 	}
-	if (io->iov->iov_base == c->rbuf + c->rtail) {
-		c->rtail += (size_t)io->res;
+	if (base == c->rbuf + c->rtail) {
+		c->rtail += (size_t)n;
 	} else {
 		/* direct payload read */
 		struct nbd_slot *sl = c->rx_slot;
-		sl->filled += (uint64_t)io->res;
-		c->rx_need -= (uint64_t)io->res;
+		sl->filled += (uint64_t)n;
+		c->rx_need -= (uint64_t)n;
 		if (c->rx_need == 0) {
 			c->rx = RX_HEADER;
 			c->rx_slot = NULL;
@@ -201,16 +192,81 @@ static void recv_done(struct vio_req *io)
 	}
 }
 
+static void post_read(struct nbd_conn *c, struct iovec *iov, void (*done)(struct vio_req *))
+{
+	c->rreq.op = VIO_STREAM_READ;
+	c->rreq.stream = &c->stream;
+	c->rreq.iov = iov;
+	c->rreq.iovcnt = 1;
+	c->rreq.done = done;
+	c->recv_pending = true;
+	vio_submit(c->w->loop.eng, &c->rreq);
+}
+
+static void tls_recv_done(struct vio_req *io);
+
+/*
+ * TLS: decrypt what the session holds into the destination; only when
+ * it holds nothing does a socket read go out, into its ciphertext
+ * buffer.  Plaintext found here is parsed in the same loop turn (the
+ * worker services a connection marked dirty again before it waits).
+ */
+static void tls_recv(struct nbd_conn *c)
+{
+	struct nbd_tls *t = c->s.tls;
+	ssize_t n = nbd_tls_decrypt(t, c->riov.iov_base, c->riov.iov_len);
+
+	if (nbd_tls_tx_data(t).iov_len && !c->send_pending)
+		conn_mark_dirty(c); /* an alert or a key update to send */
+	if (n >= 0) {
+		recv_landed(c, c->riov.iov_base, n);
+	} else if (n == -EAGAIN) {
+		c->riov = nbd_tls_rx_room(t);
+		post_read(c, &c->riov, tls_recv_done);
+	} else {
+		c->rx_done = true;
+		conn_kill(c, n == -ECONNRESET ? NULL : "TLS session broken");
+	}
+}
+
+static void tls_recv_done(struct vio_req *io)
+{
+	struct nbd_conn *c = (struct nbd_conn *)((char *)io - offsetof(struct nbd_conn, rreq));
+
+	c->recv_pending = false;
+	if (io->res <= 0)
+		recv_landed(c, NULL, io->res);
+	else {
+		nbd_tls_rx_added(c->s.tls, (size_t)io->res);
+		conn_mark_dirty(c);
+	}
+}
+
+static void conn_post_recv(struct nbd_conn *c)
+{
+	if (c->recv_pending || c->rx_done || c->dead || !conn_recv_dest(c))
+		return;
+	if (c->s.tls)
+		tls_recv(c);
+	else
+		post_read(c, &c->riov, recv_done);
+}
+
+static void recv_done(struct vio_req *io)
+{
+	struct nbd_conn *c = (struct nbd_conn *)((char *)io - offsetof(struct nbd_conn, rreq));
+
+	c->recv_pending = false;
+	recv_landed(c, io->iov->iov_base, io->res);
+}
+
 /* ---- send ---- */
 
-static void send_done(struct vio_req *io);
-
-static void conn_post_send(struct nbd_conn *c)
+/* Gather the queued replies' unsent bytes into c->siov; the count. */
+static unsigned conn_gather(struct nbd_conn *c)
 {
 	unsigned n = 0;
 
-	if (c->send_pending || !c->sendq_head)
-		return;
 	for (struct nbd_slot *sl = c->sendq_head; sl && n + 2 <= SEND_IOV; sl = sl->next) {
 		uint64_t skip = sl->out_sent;
 		for (unsigned i = 0; i < sl->nout; i++) {
@@ -225,25 +281,13 @@ static void conn_post_send(struct nbd_conn *c)
 			c->siov[n++] = v;
 		}
 	}
-	c->sreq.op = VIO_STREAM_WRITE;
-	c->sreq.stream = &c->stream;
-	c->sreq.iov = c->siov;
-	c->sreq.iovcnt = n;
-	c->sreq.done = send_done;
-	c->send_pending = true;
-	vio_submit(c->w->loop.eng, &c->sreq);
+	return n;
 }
 
-static void send_done(struct vio_req *io)
+/* sent bytes of the queue are gone (to the socket, or into TLS records):
+ * finished replies free their slots. */
+static void send_account(struct nbd_conn *c, uint64_t sent)
 {
-	struct nbd_conn *c = (struct nbd_conn *)((char *)io - offsetof(struct nbd_conn, sreq));
-	uint64_t sent = io->res > 0 ? (uint64_t)io->res : 0;
-
-	c->send_pending = false;
-	conn_mark_dirty(c);
-	if (io->res <= 0 && !c->dead)
-		conn_kill(c, io->res == -EPIPE || io->res == -ECONNRESET ? NULL :
-			  "cannot send to client");
 	while (c->sendq_head) {
 		struct nbd_slot *sl = c->sendq_head;
 		if (!c->dead) {
@@ -261,6 +305,75 @@ static void send_done(struct vio_req *io)
 	}
 }
 
+static void post_write(struct nbd_conn *c, struct iovec *iov, unsigned n,
+		       void (*done)(struct vio_req *))
+{
+	c->sreq.op = VIO_STREAM_WRITE;
+	c->sreq.stream = &c->stream;
+	c->sreq.iov = iov;
+	c->sreq.iovcnt = n;
+	c->sreq.done = done;
+	c->send_pending = true;
+	vio_submit(c->w->loop.eng, &c->sreq);
+}
+
+static void send_done(struct vio_req *io);
+static void tls_send_done(struct vio_req *io);
+
+/* TLS: encrypt the next batch of replies once the last one has left. */
+static void tls_post_send(struct nbd_conn *c)
+{
+	struct nbd_tls *t = c->s.tls;
+
+	if (!nbd_tls_tx_data(t).iov_len && c->sendq_head) {
+		ssize_t k = nbd_tls_encrypt(t, c->siov, conn_gather(c));
+		if (k < 0) {
+			conn_kill(c, "TLS: cannot encrypt replies");
+			return;
+		}
+		send_account(c, (uint64_t)k);
+	}
+	c->tls_out = nbd_tls_tx_data(t);
+	if (c->tls_out.iov_len)
+		post_write(c, &c->tls_out, 1, tls_send_done);
+}
+
+static void conn_post_send(struct nbd_conn *c)
+{
+	if (c->send_pending)
+		return;
+	if (c->s.tls)
+		tls_post_send(c);
+	else if (c->sendq_head)
+		post_write(c, c->siov, conn_gather(c), send_done);
+}
+
+static void send_done(struct vio_req *io)
+{
+	struct nbd_conn *c = (struct nbd_conn *)((char *)io - offsetof(struct nbd_conn, sreq));
+	uint64_t sent = io->res > 0 ? (uint64_t)io->res : 0;
+
+	c->send_pending = false;
+	conn_mark_dirty(c);
+	if (io->res <= 0 && !c->dead)
+		conn_kill(c, io->res == -EPIPE || io->res == -ECONNRESET ? NULL :
+			  "cannot send to client");
+	send_account(c, sent);
+}
+
+static void tls_send_done(struct vio_req *io)
+{
+	struct nbd_conn *c = (struct nbd_conn *)((char *)io - offsetof(struct nbd_conn, sreq));
+
+	c->send_pending = false;
+	conn_mark_dirty(c);
+	if (io->res <= 0 && !c->dead)
+		conn_kill(c, io->res == -EPIPE || io->res == -ECONNRESET ? NULL :
+			  "cannot send to client");
+	if (io->res > 0)
+		nbd_tls_tx_sent(c->s.tls, (size_t)io->res);
+}
+
 /* ---- lifecycle ---- */
 
 void conn_free(struct nbd_conn *c)
@@ -274,7 +387,10 @@ void conn_free(struct nbd_conn *c)
 
 static bool conn_idle(const struct nbd_conn *c)
 {
-	return c->rx_done && c->busy == 0 && !c->recv_pending && !c->send_pending;
+	/* With TLS, replies already encrypted may still be on their way. */
+	bool unsent = c->s.tls && !c->dead && nbd_tls_tx_data(c->s.tls).iov_len;
+
+	return c->rx_done && c->busy == 0 && !c->recv_pending && !c->send_pending && !unsent;
 }
 
 /* After a loop turn: parse, send, read more, or close. */
@@ -296,6 +412,11 @@ bool conn_service(struct nbd_conn *c)
 			slot_put(c, sl);
 		}
 		c->sendq_tail = NULL;
+	}
+	/* A soft disconnect closes the TLS session first (the NBD spec). */
+	if (c->s.tls && c->disc && !c->tls_bye && !c->dead && c->busy == 0) {
+		c->tls_bye = true;
+		nbd_tls_bye(c->s.tls);
 	}
 	if (!c->dead)
 		conn_post_send(c);

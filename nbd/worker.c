@@ -13,6 +13,7 @@
 #include "conn.h"
 #include "deadline.h"
 #include "log.h"
+#include "tls.h"
 
 int nbd_transmit_start(struct nbd_worker *w, int fd, struct nbd_session *s)
 {
@@ -21,7 +22,9 @@ int nbd_transmit_start(struct nbd_worker *w, int fd, struct nbd_session *s)
 	if (!c)
 		return -ENOMEM;
 	c->rbuf = malloc(RBUF_SIZE);
-	if (!c->rbuf) {
+	/* From here the session does no I/O: the loop moves its bytes. */
+	if (!c->rbuf || (s->tls && nbd_tls_detach(s->tls) < 0)) {
+		free(c->rbuf);
 		free(c);
 		return -ENOMEM;
 	}

@@ -9,9 +9,11 @@ set -eu
 
 # mount (losetup, mount) and e2fsprogs (mkfs.ext4, e2fsck) are part of a
 # standard install but not essential; the file-system test and the demo's
-# file-system walk-through need them.  As root, nbdfuse mounts through
+# file-system walk-through need them. GnuTLS is the NBD server's TLS;
+# gnutls-bin has certtool and psktool, which the TLS test makes its
+# credentials with.  As root, nbdfuse mounts through
 # libfuse3 without fuse3's fusermount3, and umount ends it.
-PACKAGES="gcc meson ninja-build pkg-config liburing-dev libcmocka-dev \
+PACKAGES="gcc meson ninja-build pkg-config liburing-dev libcmocka-dev libgnutls28-dev gnutls-bin \
 qemu-utils qemu-system-common nbdkit libnbd-bin python3-libnbd fio valgrind \
 mount e2fsprogs clang libfuzzer-14-dev libclang-rt-14-dev"
 

@@ -92,7 +92,7 @@ def simple_reply(s, data_len=0):
 
 
 ERR = 1 << 31
-UNSUP, INVALID, UNKNOWN, TOO_BIG = ERR | 1, ERR | 3, ERR | 6, ERR | 9
+UNSUP, POLICY, INVALID, UNKNOWN, TOO_BIG = ERR | 1, ERR | 2, ERR | 3, ERR | 6, ERR | 9
 
 
 def witness(srv, what):
@@ -140,7 +140,7 @@ def negotiation_cases(srv):
     option(s, 11)
     t.equal(final_reply(s), UNSUP, "EXTENDED_HEADERS: ERR_UNSUP")
     option(s, 5)
-    t.equal(final_reply(s), UNSUP, "STARTTLS: ERR_UNSUP")
+    t.equal(final_reply(s), POLICY, "STARTTLS without --tls-*: ERR_POLICY")
     option(s, 3, b"junk")
     t.equal(final_reply(s), INVALID, "LIST with data: ERR_INVALID")
     option(s, 8, b"x")
