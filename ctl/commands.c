@@ -168,8 +168,10 @@ static void print_changes(const struct changemap *cm, uint8_t since, struct vt_s
 		bool changed;
 		uint64_t run;
 		if (set) {
-			uint64_t b = off >> cm->gran_shift, next = (b + 1) << cm->gran_shift;
-			changed = vt_snapset_epoch_at(set, seq, b) > since;
+			uint64_t b = off >> cm->gran_shift;
+			uint64_t n = vt_snapset_changed_run(set, seq, since, b, cm->nblocks - b,
+							    &changed);
+			uint64_t next = (b + n) << cm->gran_shift;
 			run = (next < cm->volume_size ? next : cm->volume_size) - off;
 		} else {
 			run = changemap_run(cm, off, cm->volume_size - off, since, &changed);

@@ -221,17 +221,12 @@ static uint64_t se_changed(void *impl, uint8_t since, uint64_t off, uint64_t len
 		*changed = true;
 		return len;
 	}
-	*changed = vt_snapset_epoch_at(se->s->set, se->seq, b) > since;
-	while (run < len && b < cm->nblocks) {
-		if ((vt_snapset_epoch_at(se->s->set, se->seq, b) > since) != *changed)
-			break;
-		uint64_t next = (b + 1) * gran;
-		if (next > cm->volume_size)
-			next = cm->volume_size;
-		run = next - off < len ? next - off : len;
-		b++;
-	}
-	return run;
+	uint64_t last = (off + len - 1) >> cm->gran_shift;
+	if (last >= cm->nblocks)
+		last = cm->nblocks - 1;
+	uint64_t n = vt_snapset_changed_run(se->s->set, se->seq, since, b, last - b + 1, changed);
+	run = (b + n) * gran - off;
+	return run < len ? run : len;
 }
 
 static void se_release(void *impl)

@@ -614,23 +614,50 @@ int vt_snapset_lookup(struct vt_snapset *set, uint32_t seq, uint64_t chunk, uint
 	return r;
 }
 
-uint8_t vt_snapset_epoch_at(struct vt_snapset *set, uint32_t seq, uint64_t block)
+/* The epoch block b had when snapshot seq was taken (as far as the map
+ * can tell), with set->lock held. */
+static uint8_t epoch_at_locked(struct vt_snapset *set, uint32_t seq, uint64_t block)
 {
-	uint64_t chunk = block >> (set->chunk_shift - set->gran_shift);
-	uint64_t first = chunk << (set->chunk_shift - set->gran_shift);
-	uint32_t slot;
-	uint8_t e;
-
+	unsigned per_chunk_shift = set->chunk_shift - set->gran_shift;
+	uint64_t chunk = block >> per_chunk_shift;
 	/* The map first, the copy second: a write marks the map only after
-	 * its copy is published, so a raised epoch read here means the
-	 * lookup below finds the copy and its epoch from before. */
-	e = atomic_load_explicit(&set->cm->epoch[block], memory_order_seq_cst);
-	if (vt_snapset_lookup(set, seq, chunk, &slot, NULL) == 1) {
-		pthread_mutex_lock(&set->lock);
-		e = set->entries[slot].epochs[block - first];
-		pthread_mutex_unlock(&set->lock);
+	 * its copy is published, so a raised epoch read here means the walk
+	 * below finds the copy and its epoch from before (and no publish
+	 * can come in between while the lock is held). */
+	uint8_t e = atomic_load_explicit(&set->cm->epoch[block], memory_order_seq_cst);
+	uint32_t cur = chunk_get(set, chunk) & SLOT_MASK;
+
+	while (cur) {
+		const struct cow_entry *en = &set->entries[cur - 1];
+		if (en->hi < seq)
+			break;
+		if (en->lo < seq)
+			return en->epochs[block - (chunk << per_chunk_shift)];
+		cur = en->next;
 	}
 	return e;
+}
+
+uint64_t vt_snapset_changed_run(struct vt_snapset *set, uint32_t seq, uint8_t since,
+				uint64_t block, uint64_t max, bool *changed)
+{
+	enum { BATCH = 4096 };
+	uint64_t n = 0;
+
+	if (!max)
+		return 0;
+	pthread_mutex_lock(&set->lock);
+	*changed = epoch_at_locked(set, seq, block) > since;
+	for (n = 1; n < max; n++) {
+		if (n % BATCH == 0) {
+			pthread_mutex_unlock(&set->lock);
+			pthread_mutex_lock(&set->lock);
+		}
+		if ((epoch_at_locked(set, seq, block + n) > since) != *changed)
+			break;
+	}
+	pthread_mutex_unlock(&set->lock);
+	return n;
 }
 
 void vt_snapset_invalidate(struct vt_snapset *set, const char *name, const char *why)

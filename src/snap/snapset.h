@@ -168,9 +168,17 @@ void vt_snapset_publish(struct vt_snapset *set, struct vt_cow_job *job, int err)
 int vt_snapset_lookup(struct vt_snapset *set, uint32_t seq, uint64_t chunk, uint32_t *slot,
 		      struct vt_cow_wait *w);
 
-/* The epoch block b had when snapshot seq was taken (as far as the map
- * can tell); for its qemu:dirty-bitmap contexts. */
-uint8_t vt_snapset_epoch_at(struct vt_snapset *set, uint32_t seq, uint64_t block);
+/*
+ * For a snapshot's qemu:dirty-bitmap contexts and `changes --until`: the
+ * run of blocks from `block`, at most `max`, that agree on "changed
+ * between epoch `since` and snapshot seq" (epoch_at > since), as
+ * changemap_run() does for the live map: *changed, and the number of
+ * blocks (at least 1 when max is).  Takes the lock once per batch of
+ * blocks, not per block, so a scan of a large volume stays cheap and
+ * writers still get in between batches.
+ */
+uint64_t vt_snapset_changed_run(struct vt_snapset *set, uint32_t seq, uint8_t since,
+				uint64_t block, uint64_t max, bool *changed);
 
 /*
  * The tracker renumbered its epochs (v becomes t[v]): translate the
