@@ -153,7 +153,11 @@ static void op_done(struct vt_op *op, int err)
 
 	if (err) {
 		uint32_t wire = nbd_errno_to_wire(err);
-		reply_error(sl, wire, op->why ? op->why : error_text(wire));
+		/* Out-of-range requests never get here (nbd_request_check):
+		 * an ENOSPC from the pipeline is the volume's storage full. */
+		const char *text = wire == NBD_ENOSPC ? "no space left for the volume's data" :
+				   error_text(wire);
+		reply_error(sl, wire, op->why ? op->why : text);
 	} else if (sl->rq.type == NBD_CMD_READ) {
 		reply_read(sl);
 	} else {
