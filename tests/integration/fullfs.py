@@ -334,6 +334,11 @@ def meta_full(work):
         t.check(rc == 0, f"{label} checkpoint c2 with the directory full: {err.strip()}")
         bad = write_all(h, 5 * G, ("c1", "c2"))
         t.check(not bad, f"{label} writes after c2: {bad}")
+        rc, _, err = vt("checkpoint", vol, "--meta", meta, "c3")
+        t.check(rc == 0, f"{label} checkpoint c3: {err.strip()}")
+        rc, _, err = vt("delete", vol, "--meta", meta, "c3", "--forget")
+        t.check(rc == 0, f"{label} delete c3 --forget (a renumbering) with the directory "
+                f"full: {err.strip()}")
 
         rc, _, err = vt("snapshot", vol, "--meta", meta, "s1")
         print(f"{label} snapshot s1: exit {rc}: {err.strip()}", flush=True)
