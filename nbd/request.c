@@ -28,8 +28,10 @@ void slot_put(struct nbd_conn *c, struct nbd_slot *sl)
 {
 	c->inflight_bytes -= sl->budget;
 	sl->budget = 0;
-	/* Keep buffers for reuse, but not without bound: RSS stays flat. */
-	if (sl->cap && c->retained_bytes + sl->cap > RETAIN_BUDGET) {
+	/* Keep buffers for reuse, but not without bound: RSS stays flat.
+	 * retained_bytes counts every slot's buffer, this one included. */
+	if (sl->cap && c->retained_bytes > RETAIN_BUDGET) {
+		c->retained_bytes -= sl->cap;
 		free(sl->buf);
 		sl->buf = NULL;
 		sl->cap = 0;
