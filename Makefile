@@ -3,6 +3,7 @@
 #   make check    every test: plain build, then ASan+UBSan, then TSan
 #   make demo     build, create a demo volume, serve it
 #   make torture  1000 kill -9 crash trials
+#   make soak     64 mixed clients for SOAK_SECONDS (default 600)
 #   make bench    voltrack against nbdkit and qemu-storage-daemon
 #   make fuzz     every libFuzzer target for FUZZ_SECONDS each (clang)
 
@@ -14,7 +15,7 @@ MESON      ?= meson
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS ?= nbd superblock changemap intent checkpoints
 
-.PHONY: all check check-fast check-fuzz fuzz need-clang torture bench demo deps clean
+.PHONY: all check check-fast check-fuzz fuzz need-clang torture soak bench demo deps clean
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -78,6 +79,12 @@ check-fast: all
 torture: all
 	VOLTRACK=$(BUILD)/voltrack VOLTRACK_CRASH_TRIALS=$${TRIALS:-1000} PATH=/usr/bin:$$PATH \
 		tests/integration/crash.py
+
+# 64 connections from mixed clients, checked against the test's own
+# reference (tests/integration/soak.py); `make check` runs 25 s of it.
+soak: all
+	VOLTRACK=$(BUILD)/voltrack VOLTRACK_SOAK_SECONDS=$${SOAK_SECONDS:-600} PATH=/usr/bin:$$PATH \
+		tests/integration/soak.py
 
 bench: deps all
 	bench/run.sh

@@ -214,7 +214,8 @@ static void ckpt_slot(const uint8_t *f, size_t len, const struct ref_sb *sb, uns
 		uint8_t e = payload[pos];
 		size_t nl = payload[pos + 1];
 		/* flags: SNAPSHOT and INVALID only */
-		if (pos + 16 + nl > end || !name_ok(payload + pos + 16, nl) || e >= open ||
+		/* epochs start at 1 and stay below the open one */
+		if (pos + 16 + nl > end || !name_ok(payload + pos + 16, nl) || e == 0 || e >= open ||
 		    (payload[pos + 2] & ~3u) ||
 		    (i && e <= out->items[i - 1].epoch))
 			return;

@@ -28,8 +28,10 @@ void slot_put(struct nbd_conn *c, struct nbd_slot *sl)
 {
 	c->inflight_bytes -= sl->budget;
 	sl->budget = 0;
-	/* Keep buffers for reuse, but not without bound: RSS stays flat. */
-	if (sl->cap && c->retained_bytes + sl->cap > RETAIN_BUDGET) {
+	/* Keep buffers for reuse, but not without bound: RSS stays flat.
+	 * retained_bytes counts every slot's buffer, this one included. */
+	if (sl->cap && c->retained_bytes > RETAIN_BUDGET) {
+		c->retained_bytes -= sl->cap;
 		free(sl->buf);
 		sl->buf = NULL;
 		sl->cap = 0;
@@ -153,7 +155,11 @@ static void op_done(struct vt_op *op, int err)
 
 	if (err) {
 		uint32_t wire = nbd_errno_to_wire(err);
-		reply_error(sl, wire, op->why ? op->why : error_text(wire));
+		/* Out-of-range requests never get here (nbd_request_check):
+		 * an ENOSPC from the pipeline is the volume's storage full. */
+		const char *text = wire == NBD_ENOSPC ? "no space left for the volume's data" :
+				   error_text(wire);
+		reply_error(sl, wire, op->why ? op->why : text);
 	} else if (sl->rq.type == NBD_CMD_READ) {
 		reply_read(sl);
 	} else {

@@ -105,6 +105,13 @@ static void io_done(struct vio_req *io)
 		cow_io_done(op, res);
 		return;
 	}
+	if (op->stage == VT_STAGE_WITNESS) {
+		/* The witness's error is a writeback error: latch it.  The
+		 * write itself failed, whatever the witness says. */
+		volume_sync_done(vol, (int)res);
+		finish(op, op->data_err);
+		return;
+	}
 	if (op->stage == VT_STAGE_FLUSH) {
 		/* A sync error is latched in the volume: this and every later
 		 * FLUSH or FUA op fails, whoever saw the error first. */
@@ -130,6 +137,14 @@ static void io_done(struct vio_req *io)
 		/* A FUA write syncs too (RWF_DSYNC): its error may be an earlier
 		 * write's writeback error, reported only here, so it latches;
 		 * and it is only as durable as the volume's last sync. */
+		if ((op->flags & VT_OP_FUA) && volume_space_error((int)res) &&
+		    vol->witness_fd >= 0) {
+			op->data_err = (int)res;
+			op->stage = VT_STAGE_WITNESS;
+			volume_prep_witness(vol, &op->io);
+			submit(op);
+			break;
+		}
 		if (op->flags & VT_OP_FUA) {
 			int err = volume_sync_done(vol, res < 0 ? (int)res : 0);
 			if (res >= 0 && err)

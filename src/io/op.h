@@ -56,6 +56,11 @@
  *          zeroing methods while the kernel says a method is unsupported.
  *   FLUSH  for FUA TRIM and WRITE_ZEROES: a sync once the data is done
  *          (a FUA WRITE is written through instead).
+ *   WITNESS  a FUA WRITE that failed with ENOSPC (EDQUOT, EFBIG): the
+ *          witness sync (volume.h) decides whether a writeback error
+ *          latches; the write fails with its own error either way.  A
+ *          full file system is then a failed write, not a latched one:
+ *          writes and FLUSHes work again once space is freed.
  *
  * A new stage is a function that either calls the next one or parks
  * with op->park.resume set to its continuation.
@@ -97,6 +102,7 @@ enum vt_op_stage {
 	VT_STAGE_TRACK,
 	VT_STAGE_DATA,
 	VT_STAGE_FLUSH,
+	VT_STAGE_WITNESS,	/* a FUA write's space error: was it writeback's? */
 };
 
 /* What an op acts on; the pointers are borrowed and outlive every op. */
@@ -123,6 +129,7 @@ struct vt_op {
 	struct vt_loop *loop;
 	uint8_t stage;			/* enum vt_op_stage */
 	uint8_t zero_step;		/* rung of the zeroing ladder */
+	int data_err;			/* WITNESS: the write's own error */
 	bool tracked;			/* between tracker_write_begin and _end */
 	bool gated;			/* between vt_gate_enter and _leave */
 	struct vio_req io;

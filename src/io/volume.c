@@ -80,10 +80,20 @@ int volume_open(const char *path, unsigned flags, struct volume **out)
 	if (!vol)
 		return -ENOMEM;
 	vol->read_only = flags & VOLUME_READ_ONLY;
+	vol->witness_fd = -1;
 	vol->fd = open(path, oflags);
 	if (vol->fd < 0) {
 		err = -errno;
 		goto fail;
+	}
+	/* Right after the main descriptor: every writeback error the main
+	 * one can be told of from now on, the witness is told of too. */
+	if (!vol->read_only) {
+		vol->witness_fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (vol->witness_fd < 0) {
+			err = -errno;
+			goto fail;
+		}
 	}
 	err = describe(vol->fd, &vol->kind, &vol->size);
 	if (err)
@@ -128,6 +138,8 @@ void volume_close(struct volume *vol)
 		return;
 	if (vol->fd >= 0)
 		close(vol->fd);
+	if (vol->witness_fd >= 0)
+		close(vol->witness_fd);
 	free(vol);
 }
 
@@ -168,6 +180,16 @@ void volume_prep_write(struct volume *vol, struct vio_req *req,
 void volume_prep_flush(struct volume *vol, struct vio_req *req)
 {
 	prep_base(req, VIO_FDATASYNC, vol->fd);
+}
+
+bool volume_space_error(int err)
+{
+	return err == -ENOSPC || err == -EDQUOT || err == -EFBIG;
+}
+
+void volume_prep_witness(struct volume *vol, struct vio_req *req)
+{
+	prep_base(req, VIO_FDATASYNC, vol->witness_fd);
 }
 
 void volume_prep_trim(struct volume *vol, struct vio_req *req,

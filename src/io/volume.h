@@ -24,6 +24,7 @@
 
 struct volume {
 	int fd;
+	int witness_fd;		/* read-only, syncs only; see volume_prep_witness() */
 	enum sb_volume_kind kind;
 	uint64_t size;
 	bool read_only;
@@ -93,6 +94,23 @@ bool volume_zero_retryable(int64_t res);
 int volume_sync(struct volume *vol, const struct vt_fsops *ops);
 int volume_sync_done(struct volume *vol, int err);
 int volume_sync_error(struct volume *vol);
+
+/*
+ * A FUA write is one pwritev2(RWF_DSYNC): the kernel copies the data,
+ * then syncs, and returns the sync's error in place of the count when
+ * the sync fails.  So its ENOSPC may be the copy's (the file system is
+ * full: nothing was written, nothing was lost, and the next write may
+ * succeed once space is freed) or a writeback error of earlier data,
+ * which must latch.  The witness tells them apart: a second descriptor
+ * of the volume, opened with it and used for nothing but this sync.
+ * Linux reports each writeback error once to every open file, so the
+ * witness's sync fails exactly when some writeback error has happened
+ * since it last looked, whoever consumed it.  Its outcome goes to
+ * volume_sync_done().  -1 as witness_fd (read-only volumes) means none:
+ * callers then latch the write's error as before.
+ */
+bool volume_space_error(int err);
+void volume_prep_witness(struct volume *vol, struct vio_req *req);
 
 /* What identifies a volume's content from outside: size, inode, ctime,
  * and when it was taken.  For block devices only the size means

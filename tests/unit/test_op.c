@@ -17,7 +17,9 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -38,7 +40,9 @@
 /* Metadata writes that fail on demand: a failed intent commit. */
 struct faulty_fsops {
 	struct vt_fsops ops;
-	atomic_bool fail;
+	atomic_bool fail;		/* every write and sync */
+	atomic_bool fail_sync_only;	/* only fdatasync */
+	atomic_uint failed;		/* calls failed */
 };
 
 static int faulty_pwrite(const struct vt_fsops *ops, int fd, const void *buf, size_t len,
@@ -53,10 +57,12 @@ static int faulty_pwrite(const struct vt_fsops *ops, int fd, const void *buf, si
 
 static int faulty_fdatasync(const struct vt_fsops *ops, int fd)
 {
-	const struct faulty_fsops *f = (const struct faulty_fsops *)ops;
+	struct faulty_fsops *f = (struct faulty_fsops *)ops;
 
-	if (atomic_load(&f->fail))
+	if (atomic_load(&f->fail) || atomic_load(&f->fail_sync_only)) {
+		atomic_fetch_add(&f->failed, 1);
 		return -EIO;
+	}
 	return vt_fsops_posix.fdatasync(&vt_fsops_posix, fd);
 }
 
@@ -252,6 +258,60 @@ static void test_sync_error_latches(void **state)
 	assert_int_equal(atomic_load(&f->ends), 3);
 }
 
+/*
+ * A FUA write that fails for want of space (here EFBIG, past the
+ * process's file-size limit: a space error the test can make at will)
+ * failed in the copy, not in writeback: it fails, and nothing latches.
+ * FLUSHes and FUA writes work again once there is room, and the witness
+ * sync still finds a real writeback error (none here).  Latching the
+ * space error made every later FLUSH fail until the server restarted.
+ */
+static void test_fua_space_error_does_not_latch(void **state)
+{
+	struct fixture *f = *state;
+	struct rlimit old, lim;
+	uint8_t back[G];
+
+	assert_int_equal(run(f, VT_OP_WRITE, 0, 2 * REGION, G), 0); /* intent durable */
+	assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+	lim = old;
+	lim.rlim_cur = REGION;
+	signal(SIGXFSZ, SIG_IGN);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	memset(f->buf, 0x6b, G);
+	int err = run(f, VT_OP_WRITE, VT_OP_FUA, 2 * REGION, G);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+	signal(SIGXFSZ, SIG_DFL);
+	assert_int_equal(err, -EFBIG); /* premise: the write really failed */
+	assert_int_equal(f->ends_at_done, 2);
+	assert_int_equal(volume_sync_error(f->vol), 0);
+	assert_int_equal(run(f, VT_OP_FLUSH, 0, 0, 0), 0);
+	assert_int_equal(run(f, VT_OP_WRITE, VT_OP_FUA, 2 * REGION, G), 0);
+	read_back(f, 2 * REGION, back, G);
+	assert_memory_equal(back, f->buf, G);
+}
+
+/* An intent commit whose fdatasync alone fails: the write is refused,
+ * not issued; the next write into the region commits again and lands. */
+static void test_failed_intent_sync_then_retry(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t back[G], zero[G] = { 0 };
+
+	atomic_store(&f->fs.fail_sync_only, true);
+	memset(f->buf, 0x3c, G);
+	assert_int_equal(run(f, VT_OP_WRITE, VT_OP_FUA, 3 * REGION, G), -EIO);
+	assert_string_equal(f->why, "cannot record the write durably");
+	assert_true(atomic_load(&f->fs.failed) > 0); /* premise: the sync really failed */
+	read_back(f, 3 * REGION, back, G);
+	assert_memory_equal(back, zero, G);
+	atomic_store(&f->fs.fail_sync_only, false);
+	assert_int_equal(run(f, VT_OP_WRITE, VT_OP_FUA, 3 * REGION, G), 0);
+	read_back(f, 3 * REGION, back, G);
+	assert_memory_equal(back, f->buf, G);
+	assert_int_equal(atomic_load(&f->ends), 2);
+}
+
 /* Reads are not tracked; a read past the end is short and fails. */
 static void test_reads(void **state)
 {
@@ -300,6 +360,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_failed_intent_commit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_zero_ladder, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sync_error_latches, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fua_space_error_does_not_latch, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_failed_intent_sync_then_retry, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_reads, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_export, setup, teardown),
 	};
