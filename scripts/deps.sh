@@ -9,10 +9,12 @@ set -eu
 
 # mount (losetup, mount) and e2fsprogs (mkfs.ext4, e2fsck) are part of a
 # standard install but not essential; the file-system test and the demo's
-# file-system walk-through need them.  As root, nbdfuse mounts through
+# file-system walk-through need them.  libnbd-dev, libzstd-dev and
+# libgnutls28-dev build the backup client (backup/).  As root, nbdfuse mounts through
 # libfuse3 without fuse3's fusermount3, and umount ends it.
 PACKAGES="gcc meson ninja-build pkg-config liburing-dev libcmocka-dev \
-qemu-utils qemu-system-common nbdkit libnbd-bin python3-libnbd fio valgrind \
+qemu-utils qemu-system-common nbdkit libnbd-bin libnbd-dev python3-libnbd fio valgrind \
+libzstd-dev libgnutls28-dev zstd \
 mount e2fsprogs clang libfuzzer-14-dev libclang-rt-14-dev"
 
 missing=""
