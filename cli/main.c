@@ -65,6 +65,27 @@ static const char usage[] =
 "  check VOLUME\n"
 "      Verify every checksum and structure of the metadata; exit 0 if sound.\n"
 "\n"
+"  backup VOLUME REPO [--full] [--jobs N] [--json] [--key FILE] [--meta DIR]\n"
+"         [--socket PATH] [--chunk-size SIZE] [--no-compress] [--quiet]\n"
+"      Back VOLUME up into repository REPO (created when missing) through\n"
+"      its running server: a snapshot, only the chunks changed since the\n"
+"      last backup, then the snapshot's data dropped.  Full when it must be,\n"
+"      saying why.  --key FILE encrypts a new repository (AES-256-GCM).\n"
+"\n"
+"  backup --from URI [--bitmap NAME] REPO [same options]\n"
+"      The same from any NBD export; incremental when it offers\n"
+"      qemu:dirty-bitmap:NAME covering every change since the last backup.\n"
+"\n"
+"  restore REPO BACKUP|latest TARGET [--verify] [--jobs N] [--json] [--key FILE]\n"
+"      Write a backup to a file, block device or NBD URI; holes stay sparse.\n"
+"\n"
+"  backups REPO [--json]\n"
+"      The backups, their chains and sizes.\n"
+"\n"
+"  verify REPO [BACKUP] [--against URI]\n"
+"      Check every chunk (or compare a backup with an export); each bad one\n"
+"      is named with its backup, offset and digest.\n"
+"\n"
 "  These talk to a running server through DIR/control.sock, or work on the\n"
 "  metadata directly when no server runs.  All take [--meta DIR].\n"
 "\n"
@@ -87,6 +108,14 @@ int main(int argc, char **argv)
 		return cmd_serve(argc - 1, argv + 1);
 	if (!strcmp(cmd, "snapshot"))
 		return cmd_snapshot(argc - 1, argv + 1);
+	if (!strcmp(cmd, "backup"))
+		return cmd_backup(argc - 1, argv + 1);
+	if (!strcmp(cmd, "restore"))
+		return cmd_restore(argc - 1, argv + 1);
+	if (!strcmp(cmd, "backups"))
+		return cmd_backups(argc - 1, argv + 1);
+	if (!strcmp(cmd, "verify"))
+		return cmd_verify(argc - 1, argv + 1);
 	static const char *const tracking[] = { "checkpoint", "delete", "changes", "list", "status",
 						"check" };
 	for (size_t i = 0; i < sizeof(tracking) / sizeof(tracking[0]); i++)
