@@ -81,6 +81,17 @@ int bk_cli_options(struct bk_cli *c, const char *cmd, int argc, char **argv, uns
 			if (v < BK_MIN_CHUNK || v > BK_MAX_CHUNK || (v & (v - 1)))
 				return cli_usage(cmd, "--chunk-size is a power of two from 64K to 64M");
 			c->chunk_size = (uint32_t)v;
+		} else if (allow & BK_OPT_PRUNE && !strncmp(a, "--keep-", 7)) {
+			unsigned *v = !strcmp(a, "--keep-last") ? &c->keep_last :
+				      !strcmp(a, "--keep-daily") ? &c->keep_daily :
+				      !strcmp(a, "--keep-weekly") ? &c->keep_weekly :
+				      !strcmp(a, "--keep-monthly") ? &c->keep_monthly : NULL;
+			if (!v)
+				return cli_usage(cmd, "unknown option '%s'", a);
+			if (++i == argc || cli_parse_uint(a, argv[i], 1000000, v))
+				return EXIT_USAGE;
+		} else if (!strcmp(a, "--dry-run") && (allow & BK_OPT_PRUNE)) {
+			c->dry_run = true;
 		} else if (!strcmp(a, "--json")) {
 			c->json = true;
 			c->progress = BK_PROGRESS_JSON;
@@ -105,7 +116,7 @@ int bk_cli_options(struct bk_cli *c, const char *cmd, int argc, char **argv, uns
 	return 0;
 }
 
-static int open_reader(const struct bk_cli *c, const char *path, struct bk_repo **r)
+int bk_cli_open_repo(const struct bk_cli *c, const char *path, struct bk_repo **r)
 {
 	int err = bk_repo_open(path, c->key, r);
 
@@ -224,7 +235,7 @@ int cmd_restore(int argc, char **argv)
 		return status;
 	if (c.nargs != 3)
 		return cli_usage("restore", "restore takes REPO BACKUP|latest TARGET");
-	if (open_reader(&c, c.args[0], &r))
+	if (bk_cli_open_repo(&c, c.args[0], &r))
 		return 1;
 	if (load(r, c.args[0], c.args[1], &m)) {
 		bk_repo_close(r);
@@ -271,7 +282,7 @@ int cmd_backups(int argc, char **argv)
 		return status;
 	if (c.nargs != 1)
 		return cli_usage("backups", "backups takes REPO");
-	if (open_reader(&c, c.args[0], &r))
+	if (bk_cli_open_repo(&c, c.args[0], &r))
 		return 1;
 	int err = bk_manifest_list(r, &ids, &n);
 	if (err) {
@@ -352,7 +363,7 @@ int cmd_verify(int argc, char **argv)
 		return status;
 	if (c.nargs != 1 && c.nargs != 2)
 		return cli_usage("verify", "verify takes REPO [BACKUP]");
-	if (open_reader(&c, c.args[0], &r))
+	if (bk_cli_open_repo(&c, c.args[0], &r))
 		return 1;
 	const char *name = c.nargs == 2 ? c.args[1] : NULL;
 	char id[BK_ID_MAX];

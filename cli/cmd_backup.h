@@ -25,11 +25,17 @@ struct bk_cli {
 	const char *key, *meta, *socket, *from, *bitmap, *against;
 	unsigned jobs;
 	uint32_t chunk_size;
-	bool json, quiet, full, no_compress, verify;
+	bool json, quiet, full, no_compress, verify, dry_run;
+	unsigned keep_last, keep_daily, keep_weekly, keep_monthly;
 	enum bk_progress_mode progress;
 };
 
 /* Returns 0, or the exit status of a usage error it has printed. */
 int bk_cli_options(struct bk_cli *c, const char *cmd, int argc, char **argv, unsigned allow);
+
+/* Open the repository at path for reading; prints the error itself
+ * and returns 1 then. */
+struct bk_repo;
+int bk_cli_open_repo(const struct bk_cli *c, const char *path, struct bk_repo **r);
 
 #endif

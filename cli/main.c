@@ -86,6 +86,10 @@ static const char usage[] =
 "      Check every chunk (or compare a backup with an export); each bad one\n"
 "      is named with its backup, offset and digest.\n"
 "\n"
+"  prune REPO --keep-last N [--keep-daily N] [--keep-weekly N] [--keep-monthly N]\n"
+"        [--dry-run] [--json]\n"
+"      Remove the backups no rule keeps, then every chunk no backup names.\n"
+"\n"
 "  These talk to a running server through DIR/control.sock, or work on the\n"
 "  metadata directly when no server runs.  All take [--meta DIR].\n"
 "\n"
@@ -116,6 +120,8 @@ int main(int argc, char **argv)
 		return cmd_backups(argc - 1, argv + 1);
 	if (!strcmp(cmd, "verify"))
 		return cmd_verify(argc - 1, argv + 1);
+	if (!strcmp(cmd, "prune"))
+		return cmd_prune(argc - 1, argv + 1);
 	static const char *const tracking[] = { "checkpoint", "delete", "changes", "list", "status",
 						"check" };
 	for (size_t i = 0; i < sizeof(tracking) / sizeof(tracking[0]); i++)

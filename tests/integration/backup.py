@@ -252,8 +252,49 @@ def client_kills(v, trials=20):
     F.equal(tmp, [], "no temporary file survives the next writer")
 
 
+def manifest_digests(repo, bid):
+    with open(os.path.join(repo, "backups", bid)) as f:
+        return {ln[2:].strip() for ln in f if ln.startswith("c ")}
+
+
+def prune_concurrent(v, rounds=3):
+    print(f"== prune racing backups, {rounds} rounds", flush=True)
+    before = [b["id"] for b in json.loads(run("backups", v.repo, "--json").stdout)]
+    F.check(len(before) > 4, f"there is something to prune ({len(before)} backups)")
+    for i in range(rounds):
+        v.write((70 + 3 * i) << 20, 256 << 10, 50 + i)
+        bk = subprocess.Popen([VOLTRACK, "backup", v.srv.volume, v.repo, "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        pr = subprocess.Popen([VOLTRACK, "prune", v.repo, "--keep-last", "2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        out, err = bk.communicate(timeout=120)
+        F.equal(bk.returncode, 0, f"round {i}: the backup beside prune succeeds: {err}")
+        if bk.returncode == 0:
+            bid = json.loads(out)["id"]
+            v.refs[bid] = v.snapshot_ref(bid)
+        pout, perr = pr.communicate(timeout=120)
+        F.equal(pr.returncode, 0, f"round {i}: prune succeeds: {perr}")
+        left = [b["id"] for b in json.loads(run("backups", v.repo, "--json").stdout)]
+        # Either ran first; the backup that ran after prune adds one more.
+        F.check(2 <= len(left) <= 3, f"round {i}: prune kept the newest two ({left})")
+        for bid in left:
+            missing = [d for d in manifest_digests(v.repo, bid)
+                       if not os.path.exists(os.path.join(v.repo, "chunks", d[:2], d))]
+            F.equal(missing, [], f"round {i}: every chunk backup {bid} names is there")
+    F.check(len(left) < 4 and not set(before) & set(left), "prune removed the old backups")
+    F.equal(run("verify", v.repo, check=False).returncode, 0, "verify after prune")
+    stored = sum(len(os.listdir(os.path.join(v.repo, "chunks", d)))
+                 for d in os.listdir(os.path.join(v.repo, "chunks")))
+    named = set().union(*(manifest_digests(v.repo, b) for b in left))
+    F.equal(stored, len(named), "prune left no chunk that no backup names")
+    for bid in left:
+        v.restore_matches(bid, "after prune")
+
+
 def damage(v):
     print("== a flipped bit in a chunk, a truncated manifest", flush=True)
+    v.write(90 << 20, 1 << 20, 77)
+    v.backup()
     ids = [b["id"] for b in json.loads(run("backups", v.repo, "--json").stdout)]
     manifests = {i: open(os.path.join(v.repo, "backups", i)).read().split("\n") for i in ids}
     digests = {i: {ln[2:] for ln in m if ln.startswith("c ")} for i, m in manifests.items()}
@@ -285,7 +326,8 @@ def damage(v):
 
     target = os.path.join(v.srv.dir, "damaged.img")
     p = run("restore", v.repo, newest, target, check=False)
-    os.unlink(target)
+    if os.path.exists(target):
+        os.unlink(target)
     F.check(p.returncode == 1 and f"chunk {pos} at offset {pos * CHUNK}" in p.stderr,
             f"restore refuses the backup with the bad chunk: {p.stderr!r}")
     p = run("restore", v.repo, cut, target, check=False)
@@ -294,6 +336,9 @@ def damage(v):
     F.check(not os.path.exists(target) or os.path.getsize(target) < SIZE,
             "the truncated manifest's restore wrote nothing")
     v.restore_matches(oldest, "an undamaged backup beside damaged ones")
+    p = run("prune", v.repo, "--keep-last", "1", check=False)
+    F.check(p.returncode == 1 and cut in p.stderr,
+            f"prune refuses while a manifest is damaged: {p.stderr!r}")
     # The next backup does not trust the damaged chunk's name: the
     # newest backup is still its parent, so the chunk may be reused;
     # restore catches that, and a full backup rewrites nothing wrongly.
@@ -347,12 +392,41 @@ def qsd(tmp):
             F.equal(subprocess.run(["cmp", out, r]).returncode, 0,
                     f"qsd: restore of {b['type']} backup is exact")
             os.unlink(out)
-        # Restore into an NBD target: qsd's own export of a fresh image.
         p = run("verify", repo, b1["id"], "--against", uri, check=False)
         F.equal(p.returncode, 0, f"qsd: verify --against the export: {p.stdout}{p.stderr}")
+        qemu_io(uri, "write -P 9 6M 4k")
+        p = run("verify", repo, b1["id"], "--against", uri, check=False)
+        F.check(p.returncode == 1 and "chunk 6 at offset 6291456 differs" in p.stdout,
+                f"qsd: verify --against names the changed chunk: {p.stdout}")
+        encrypted(tmp, uri)
     finally:
         proc.kill()
         proc.wait()
+
+
+def encrypted(tmp, uri):
+    print("== an encrypted repository", flush=True)
+    key, other, repo = (os.path.join(tmp, n) for n in ("key", "other", "erepo"))
+    with open(key, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    with open(other, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    qemu_io(uri, "write -P 0x5a 8M 1M")
+    ref = os.path.join(tmp, "e-ref.img")
+    subprocess.run(["nbdcopy", uri, ref], check=True, env=ENV)
+    run("backup", "--from", uri, repo, "--key", key, "--chunk-size", "1M")
+    chunks = [os.path.join(r, n) for r, _, ns in os.walk(os.path.join(repo, "chunks"))
+              for n in ns]
+    F.check(chunks and not any(b"\x5a" * 64 in open(c, "rb").read() for c in chunks),
+            "encrypted chunks do not hold the data in the clear")
+    for args, what in ((["--key", other], "the key does not match"),
+                       ([], "--key FILE is needed")):
+        p = run("restore", repo, "latest", os.path.join(tmp, "e.img"), *args, check=False)
+        F.check(p.returncode == 1 and what in p.stderr, f"restore without the key: {p.stderr!r}")
+    out = os.path.join(tmp, "e.img")
+    run("restore", repo, "latest", out, "--key", key, "--verify")
+    F.equal(subprocess.run(["cmp", out, ref]).returncode, 0, "encrypted restore is exact")
+    F.equal(run("verify", repo, "--key", key, check=False).returncode, 0, "verify with the key")
 
 
 def main():
@@ -360,7 +434,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="voltrack-backup-")
     try:
         t0 = time.time()
-        for step in (chain, server_crashes, offline_change, client_kills, damage):
+        for step in (chain, server_crashes, offline_change, client_kills, prune_concurrent,
+                     damage):
             t = time.time()
             step(v)
             print(f"   ({time.time() - t:.1f} s)", flush=True)
