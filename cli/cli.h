@@ -24,6 +24,7 @@ int cmd_restore(int argc, char **argv);
 int cmd_backups(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_prune(int argc, char **argv);
+int cmd_serve_backup(int argc, char **argv);
 
 /* "voltrack: message" on stderr; returns 1 for `return cli_fail(...)`. */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

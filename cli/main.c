@@ -90,6 +90,10 @@ static const char usage[] =
 "        [--dry-run] [--json]\n"
 "      Remove the backups no rule keeps, then every chunk no backup names.\n"
 "\n"
+"  serve-backup REPO BACKUP|latest [--socket PATH] [--listen HOST:PORT] [--key FILE]\n"
+"      Export a backup over NBD, read-only, until SIGINT or SIGTERM (socket\n"
+"      default REPO/serve-ID.sock).\n"
+"\n"
 "  These talk to a running server through DIR/control.sock, or work on the\n"
 "  metadata directly when no server runs.  All take [--meta DIR].\n"
 "\n"
@@ -122,6 +126,8 @@ int main(int argc, char **argv)
 		return cmd_verify(argc - 1, argv + 1);
 	if (!strcmp(cmd, "prune"))
 		return cmd_prune(argc - 1, argv + 1);
+	if (!strcmp(cmd, "serve-backup"))
+		return cmd_serve_backup(argc - 1, argv + 1);
 	static const char *const tracking[] = { "checkpoint", "delete", "changes", "list", "status",
 						"check" };
 	for (size_t i = 0; i < sizeof(tracking) / sizeof(tracking[0]); i++)

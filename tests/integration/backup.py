@@ -159,6 +159,7 @@ def chain(v):
     for b in (b0, b1, b2):
         v.restore_matches(b["id"], "chain", verify=b is b2)
 
+    serve_backup(v, b1["id"])
     listing = json.loads(run("backups", v.repo, "--json").stdout)
     F.equal([(b["id"], b["parent"], b["type"]) for b in listing],
             [(b0["id"], None, "full"), (b1["id"], b0["id"], "incremental"),
@@ -169,6 +170,28 @@ def chain(v):
     F.check("mine" in ck, "the user's checkpoint is never touched")
     F.equal([c for c in ck if c.startswith("vtbackup-")], [b2["checkpoint"]],
             "only the newest backup's checkpoint is kept")
+
+
+def serve_backup(v, bid):
+    """serve-backup exports exactly the restore point, read-only."""
+    sock = os.path.join(v.srv.dir, "sb.sock")
+    p = subprocess.Popen([VOLTRACK, "serve-backup", v.repo, bid, "--socket", sock],
+                         stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        line = p.stderr.readline()
+        F.check("serving backup" in line, f"serve-backup starts: {line!r}")
+        uri = f"nbd+unix:///?socket={sock}"
+        out = os.path.join(v.srv.dir, "served.img")
+        subprocess.run(["nbdcopy", uri, out], check=True, env=ENV)
+        F.equal(subprocess.run(["cmp", out, v.refs[bid]]).returncode, 0,
+                "serve-backup: the export equals the copy taken at the backup")
+        os.unlink(out)
+        w = subprocess.run(["qemu-io", "-f", "raw", "-c", "write 0 4k", uri],
+                           capture_output=True, text=True, env=ENV)
+        F.check("wrote" not in w.stdout, "serve-backup: writes are refused")
+    finally:
+        p.terminate()
+        F.equal(p.wait(timeout=30), 0, "serve-backup stops cleanly")
 
 
 def server_crashes(v):
