@@ -226,6 +226,7 @@ struct slot {
 	int64_t cookies[SLOT_COOKIES];
 	int ncookies;
 	uint64_t nread;
+	bool patched;		/* buf started from the parent's chunk */
 };
 
 static int read_run(struct nbd_handle *h, struct slot *s, uint64_t a, uint64_t b)
@@ -243,44 +244,94 @@ static int read_run(struct nbd_handle *h, struct slot *s, uint64_t a, uint64_t b
 	return 0;
 }
 
-/* Issue the reads of chunk idx into s: only what base:allocation does
- * not promise to be zero.  A chunk fragmented into more runs than a
- * slot tracks is read whole. */
+struct runs {
+	struct { uint64_t a, b; } v[SLOT_COOKIES / 2];
+	size_t n;
+	bool overflow;
+};
+
+/* Add the parts of [a, b) that base:allocation does not promise to be
+ * zero to the runs; zero the parts it does in buf (which may hold the
+ * parent's contents). */
+static void data_runs(const struct extents *alloc, size_t *cursor, uint64_t a, uint64_t b,
+		      struct slot *s, struct runs *r)
+{
+	while (*cursor < alloc->n && alloc->v[*cursor].off + alloc->v[*cursor].len <= a)
+		(*cursor)++;
+	for (size_t i = *cursor; i < alloc->n && alloc->v[i].off < b; i++) {
+		uint64_t x = alloc->v[i].off > a ? alloc->v[i].off : a;
+		uint64_t y = alloc->v[i].off + alloc->v[i].len < b ? alloc->v[i].off + alloc->v[i].len :
+								      b;
+		if (alloc->v[i].flags & LIBNBD_STATE_ZERO) {
+			memset(s->buf + (x - s->off), 0, y - x);
+			continue;
+		}
+		if (r->n && r->v[r->n - 1].b == x)
+			r->v[r->n - 1].b = y;
+		else if (r->n == sizeof(r->v) / sizeof(r->v[0]))
+			r->overflow = true;
+		else
+			r->v[r->n].a = x, r->v[r->n++].b = y;
+	}
+}
+
+/*
+ * Issue the reads of chunk idx into s.  A full backup reads what
+ * base:allocation does not promise to be zero.  An incremental one
+ * starts from the parent's contents of the chunk (from the
+ * repository) and reads only the dirty blocks among those, so what
+ * crosses the network is the change, not the chunk.  Should the
+ * parent's chunk be unreadable, or the chunk too fragmented for a
+ * slot, the whole chunk is read.
+ */
 static int issue(struct job *j, struct nbd_handle *h, const struct extents *alloc,
-		 size_t *cursor, uint64_t idx, struct slot *s)
+		 size_t *acur, const struct extents *dirty, size_t *dcur, uint64_t idx,
+		 struct slot *s, struct bk_chunk_buf *work)
 {
 	uint64_t cs = j->m->chunk_size;
-	struct { uint64_t a, b; } runs[SLOT_COOKIES / 2];
-	size_t nruns = 0;
-	bool whole = false;
+	struct runs r = { .n = 0 };
 
 	s->index = idx;
 	s->off = idx * cs;
 	s->len = j->m->size - s->off < cs ? j->m->size - s->off : cs;
 	s->ncookies = 0;
 	s->nread = 0;
-	memset(s->buf, 0, s->len);
+	s->patched = false;
 	uint64_t end = s->off + s->len;
-	while (*cursor < alloc->n && alloc->v[*cursor].off + alloc->v[*cursor].len <= s->off)
-		(*cursor)++;
-	for (size_t i = *cursor; i < alloc->n && alloc->v[i].off < end && !whole; i++) {
-		if (alloc->v[i].flags & LIBNBD_STATE_ZERO)
-			continue;
-		uint64_t a = alloc->v[i].off > s->off ? alloc->v[i].off : s->off;
-		uint64_t b = alloc->v[i].off + alloc->v[i].len;
-		if (b > end)
-			b = end;
-		if (nruns && runs[nruns - 1].b == a)
-			runs[nruns - 1].b = b;
-		else if (nruns == sizeof(runs) / sizeof(runs[0]))
-			whole = true;
-		else
-			runs[nruns].a = a, runs[nruns++].b = b;
+	const struct bk_entry *pe = dirty ? &j->parent->chunks[idx] : NULL;
+	if (pe && !pe->hole) {
+		size_t got;
+		s->patched = !bk_chunk_get(j->r, pe->digest, s->buf, cs, &got, work, NULL) &&
+			     got == s->len;
+		if (!s->patched)
+			pe = NULL; /* read it all from the server */
 	}
-	if (whole)
+	if (!s->patched)
+		memset(s->buf, 0, s->len);
+	if (pe) {
+		while (*acur < alloc->n && alloc->v[*acur].off + alloc->v[*acur].len <= s->off)
+			(*acur)++;
+		while (*dcur < dirty->n && dirty->v[*dcur].off + dirty->v[*dcur].len <= s->off)
+			(*dcur)++;
+		for (size_t i = *dcur; i < dirty->n && dirty->v[i].off < end; i++) {
+			if (!(dirty->v[i].flags & 1))
+				continue;
+			uint64_t x = dirty->v[i].off > s->off ? dirty->v[i].off : s->off;
+			uint64_t y = dirty->v[i].off + dirty->v[i].len < end ?
+					     dirty->v[i].off + dirty->v[i].len : end;
+			size_t c = *acur; /* dirty ranges are in order: each rescans little */
+			data_runs(alloc, &c, x, y, s, &r);
+		}
+	} else {
+		data_runs(alloc, acur, s->off, end, s, &r);
+	}
+	if (r.overflow) {
+		s->ncookies = 0;
+		s->nread = 0;
 		return read_run(h, s, s->off, end);
-	for (size_t i = 0; i < nruns; i++) {
-		int err = read_run(h, s, runs[i].a, runs[i].b);
+	}
+	for (size_t i = 0; i < r.n; i++) {
+		int err = read_run(h, s, r.v[i].a, r.v[i].b);
 		if (err)
 			return err;
 	}
@@ -309,7 +360,7 @@ static int finish_slot(struct job *j, struct slot *s, struct bk_chunk_buf *work)
 	atomic_fetch_add(&j->prog->moved, s->nread);
 	if (s->nread)
 		atomic_fetch_add(&j->chunks_read, 1);
-	if (!s->nread || bk_is_zero(s->buf, s->len)) {
+	if ((!s->nread && !s->patched) || bk_is_zero(s->buf, s->len)) {
 		e->hole = true;
 		return 0;
 	}
@@ -383,12 +434,15 @@ static void *worker(void *arg)
 			while (idx < last && used < window) {
 				uint64_t ca = idx * j->m->chunk_size;
 				uint64_t cb = ca + j->m->chunk_size < b ? ca + j->m->chunk_size : b;
+				size_t dstart = dcur;
 				if (j->incremental && !overlaps_dirty(&dirty, ca, cb, &dcur)) {
 					j->m->chunks[idx] = j->parent->chunks[idx];
 					idx++;
 					continue;
 				}
-				err = issue(j, h, &alloc, &acur, idx, &slots[(head + used) % window]);
+				dcur = dstart;
+				err = issue(j, h, &alloc, &acur, j->incremental ? &dirty : NULL, &dcur,
+					    idx, &slots[(head + used) % window], &work);
 				if (err)
 					break;
 				used++;

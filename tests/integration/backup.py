@@ -246,12 +246,17 @@ def offline_change(v):
 def client_kills(v, trials=20):
     print(f"== kill -9 of the backup client, {trials} times", flush=True)
     killed = 0
+    # Kill points spread over how long a run takes here.
+    v.write(44 << 20, 2 << 20, 98)
+    t = time.time()
+    v.backup()
+    took = time.time() - t
     for i in range(trials):
-        v.write(random.randrange(SIZE // CHUNK) * CHUNK + 4096 * random.randrange(8), 4096,
+        v.write(random.randrange(SIZE // CHUNK) * CHUNK + 4096 * random.randrange(8), 256 << 10,
                 10 + i % 200)
         p = subprocess.Popen([VOLTRACK, "backup", v.srv.volume, v.repo, "--json"],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV)
-        time.sleep(random.uniform(0.0, 0.25))
+        time.sleep(random.uniform(0.0, 0.8 * took))
         if p.poll() is None:
             p.kill()
             killed += 1
