@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "backup.h"
+#include "chunk.h"
 #include "ctlclient.h"
 
 #define say(res, ...) snprintf((res)->msg, sizeof((res)->msg), __VA_ARGS__)
@@ -53,6 +54,28 @@ static int open_repo(const struct bk_backup_opts *o, struct bk_backup_result *re
 	if (err) {
 		say(res, "cannot lock repository %s: %s", o->repo, strerror(-err));
 		bk_repo_close(*r);
+		return err;
+	}
+	if ((*r)->suspect) {
+		uint64_t removed;
+		fprintf(stderr, "voltrack: a backup into %s was cut short by a crash of the "
+				"machine; checking the chunks it wrote\n", o->repo);
+		err = bk_chunk_recheck(*r, &removed);
+		if (err) {
+			say(res, "cannot check the chunks of %s: %s", o->repo, strerror(-err));
+			bk_repo_close(*r);
+			return err;
+		}
+		if (removed)
+			fprintf(stderr, "voltrack: %llu torn chunk(s) removed\n",
+				(unsigned long long)removed);
+	}
+	/* Before the first chunk: a crash of the machine from here on
+	 * leaves the mark (repo.h). */
+	err = bk_repo_mark_pending(*r);
+	if (err) {
+		say(res, "cannot write to repository %s: %s", o->repo, strerror(-err));
+		bk_repo_close(*r);
 	}
 	return err;
 }
@@ -75,6 +98,8 @@ static int read_and_commit(struct bk_repo *r, const struct bk_backup_opts *o, co
 		      o->jobs ? o->jobs : bk_default_jobs(), &prog, &res->st, msg, sizeof(msg));
 	if (err) {
 		say(res, "backup failed, nothing committed: %s", msg);
+		/* What it stored stays for the next run to reuse, durably. */
+		bk_repo_sync(r);
 		return err;
 	}
 	res->m.bytes_read = res->st.bytes_read;

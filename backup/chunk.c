@@ -1,6 +1,7 @@
 /*
  * chunk: chunk files: header, zstd, AES-256-GCM (see chunk.h).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -144,10 +145,9 @@ int bk_chunk_put(struct bk_repo *r, const uint8_t digest[BK_DIGEST_LEN], const v
 		}
 		done += (size_t)n;
 	}
-	/* Complete on disk before it has a name: a chunk file that exists
-	 * is trusted by every later backup without being read. */
-	if (!err && fdatasync(fd))
-		err = -errno;
+	/* Not synced here: bk_repo_sync() syncs all of them before the
+	 * manifest that names them, and the pending mark covers a crash
+	 * before that (repo.h). */
 	close(fd);
 	bk_chunk_path(digest, path);
 	if (!err && renameat(r->tmpfd, tmp, r->chunksfd, path))
@@ -244,4 +244,48 @@ int bk_chunk_get(struct bk_repo *r, const uint8_t digest[BK_DIGEST_LEN], void *o
 		return damaged(why, "contents do not match the chunk's digest");
 	*len = raw;
 	return 0;
+}
+
+int bk_chunk_recheck(struct bk_repo *r, uint64_t *removed)
+{
+	struct bk_chunk_buf work = { 0 };
+	uint8_t *buf = malloc(r->chunk_size);
+	int err = buf ? 0 : -ENOMEM;
+
+	*removed = 0;
+	for (int sub = 0; sub < 256 && !err; sub++) {
+		char name[3];
+		snprintf(name, sizeof(name), "%02x", sub);
+		int dfd = openat(r->chunksfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		DIR *d = dfd < 0 ? NULL : fdopendir(dfd);
+		if (!d) {
+			err = -errno;
+			if (dfd >= 0)
+				close(dfd);
+			break;
+		}
+		struct dirent *e;
+		while ((e = readdir(d))) {
+			uint8_t dg[BK_DIGEST_LEN];
+			struct stat st;
+			size_t len;
+			if (strlen(e->d_name) != 2 * BK_DIGEST_LEN ||
+			    bk_unhex(e->d_name, dg, BK_DIGEST_LEN) ||
+			    fstatat(dfd, e->d_name, &st, 0) ||
+			    (st.st_mtime < r->suspect_since && st.st_ctime < r->suspect_since))
+				continue;
+			if (bk_chunk_get(r, dg, buf, r->chunk_size, &len, &work, NULL) == -EBADMSG) {
+				unlinkat(dfd, e->d_name, 0);
+				(*removed)++;
+			}
+		}
+		closedir(d);
+	}
+	free(buf);
+	bk_chunk_buf_free(&work);
+	if (!err)
+		err = bk_repo_sync(r);
+	if (!err)
+		r->suspect = false;
+	return err;
 }

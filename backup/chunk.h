@@ -51,6 +51,14 @@ bool bk_chunk_exists(struct bk_repo *r, const uint8_t digest[BK_DIGEST_LEN]);
 int bk_chunk_get(struct bk_repo *r, const uint8_t digest[BK_DIGEST_LEN], void *out,
 		 size_t cap, size_t *len, struct bk_chunk_buf *work, const char **why);
 
+/*
+ * After bk_repo_lock() found r->suspect: read every chunk file changed
+ * since r->suspect_since and remove those that are not sound, so that
+ * none is trusted by its name alone; then clear the mark.  *removed
+ * counts them.
+ */
+int bk_chunk_recheck(struct bk_repo *r, uint64_t *removed);
+
 /* Whether buf[0, len) is all zeroes. */
 bool bk_is_zero(const void *buf, size_t len);
 

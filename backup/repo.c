@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "repo.h"
@@ -100,10 +101,73 @@ int bk_repo_write_atomic(struct bk_repo *r, int dirfd, const char *name, const v
 	return err;
 }
 
+static int boot_id(struct bk_repo *r, char out[40])
+{
+	int fd = open(r->boot_id_path ? r->boot_id_path : "/proc/sys/kernel/random/boot_id",
+		      O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = read(fd, out, 39);
+	close(fd);
+	if (n <= 0)
+		return -EIO;
+	out[n] = 0;
+	out[strcspn(out, "\n")] = 0;
+	return 0;
+}
+
+int bk_repo_mark_pending(struct bk_repo *r)
+{
+	char id[40], text[96];
+	int err = boot_id(r, id);
+
+	if (err)
+		return err;
+	/* A dead writer's chunks of this boot are no more durable than
+	 * ours: the mark keeps the older time. */
+	long long since = r->pending_since ? r->pending_since : (long long)time(NULL);
+	int n = snprintf(text, sizeof(text), "%s %lld\n", id, since);
+	return bk_repo_write_atomic(r, r->dirfd, "pending", text, (size_t)n);
+}
+
 int bk_repo_sync(struct bk_repo *r)
 {
 	/* One call covers every chunk file and every rename into chunks/. */
-	return syncfs(r->dirfd) ? -errno : 0;
+	if (syncfs(r->dirfd))
+		return -errno;
+	if (unlinkat(r->dirfd, "pending", 0) && errno != ENOENT)
+		return -errno;
+	return fsync(r->dirfd) ? -errno : 0;
+}
+
+/* Read the pending mark a dead writer left: suspect when it names
+ * another boot. */
+static int check_pending(struct bk_repo *r)
+{
+	char *text, id[40], mark[64];
+	size_t len;
+	long long since;
+	int err = bk_read_file(r->dirfd, "pending", &text, &len);
+
+	if (err == -ENOENT)
+		return 0;
+	if (err)
+		return err;
+	bool parsed = sscanf(text, "%63s %lld", mark, &since) == 2;
+	free(text);
+	err = boot_id(r, id);
+	if (err)
+		return err;
+	if (!parsed || strcmp(mark, id)) {
+		r->suspect = true;
+		/* An unreadable mark: every chunk is suspect. */
+		r->suspect_since = parsed ? since - 2 : 0;
+	} else {
+		r->pending_since = since;
+	}
+	return 0;
 }
 
 static int parse_config(struct bk_repo *r, const char *text)
@@ -327,6 +391,9 @@ int bk_repo_lock(struct bk_repo *r, bool wait)
 		return err;
 	}
 	r->lockfd = fd;
+	int err = check_pending(r);
+	if (err)
+		return err;
 	/* Whatever is in tmp/ belongs to a writer that died. */
 	DIR *d = fdopendir(dup(r->tmpfd));
 	if (!d)

@@ -40,6 +40,13 @@ struct bk_repo {
 	uint32_t chunk_size;
 	bool compress;
 	struct bk_keys keys;
+	/* Set by bk_repo_lock() when a writer died with chunks not yet
+	 * synced and the machine has restarted since: chunk files written
+	 * from this time (seconds) on may be torn. */
+	bool suspect;
+	int64_t suspect_since;
+	int64_t pending_since;		/* a dead writer's mark of this boot, else 0 */
+	const char *boot_id_path;	/* NULL: the kernel's; tests set it */
 };
 
 struct bk_repo_params {
@@ -73,7 +80,20 @@ int bk_repo_write_atomic(struct bk_repo *r, int dirfd, const char *name, const v
  * bytes); O_CLOEXEC.  Returns the fd or -errno. */
 int bk_repo_tmpfile(struct bk_repo *r, char name[64]);
 
-/* Make every chunk written so far durable (syncfs of the repository). */
+/*
+ * Chunk files are not synced one by one (a disk flush per chunk would
+ * cost a backup most of its time); instead a writer marks the
+ * repository before its first chunk (REPO/pending: the kernel's boot
+ * id and the time, durably) and bk_repo_sync() before its manifest
+ * makes every chunk durable at once (syncfs) and clears the mark.  A
+ * writer that finds the mark under the same boot id knows only a
+ * process died: the page cache kept every chunk.  Under another boot
+ * id, chunks named since the mark's time may be torn, and
+ * bk_repo_lock() sets r->suspect for the caller to check them
+ * (bk_chunk_recheck()) before any is trusted by name.
+ */
+int bk_repo_mark_pending(struct bk_repo *r);
+/* Make every chunk written so far durable (syncfs) and clear the mark. */
 int bk_repo_sync(struct bk_repo *r);
 
 /* Read a whole file relative to dirfd into a malloc'd buffer. */

@@ -293,6 +293,64 @@ static void test_lock(void **state)
 	bk_repo_close(b);
 }
 
+/* A writer that died before its sync, on another boot: every chunk
+ * named since its mark is read before any is trusted, the torn ones
+ * removed; on the same boot nothing is suspect. */
+static void test_pending(void **state)
+{
+	struct fixture *f = *state;
+	bool created;
+	struct bk_repo *r = create(f, NULL, &created);
+	char boot[128], mark[160], path[256];
+	size_t len = 64 << 10, got;
+	uint8_t *data = malloc(len), good[32], bad[32];
+	struct bk_chunk_buf w = { 0 };
+	uint64_t stored, removed;
+
+	snprintf(boot, sizeof(boot), "%s/boot_id", f->dir);
+	FILE *fp = fopen(boot, "w");
+	fputs("11111111-2222-3333-4444-555555555555\n", fp);
+	fclose(fp);
+	r->boot_id_path = boot;
+	assert_int_equal(bk_repo_lock(r, false), 0);
+	assert_false(r->suspect);
+	assert_int_equal(bk_repo_mark_pending(r), 0);
+	fill(data, len, 1);
+	bk_digest(&r->keys, data, len, good);
+	assert_int_equal(bk_chunk_put(r, good, data, len, &w, &stored), 0);
+	fill(data, len, 2);
+	bk_digest(&r->keys, data, len, bad);
+	assert_int_equal(bk_chunk_put(r, bad, data, len, &w, &stored), 0);
+	flip_byte(f, bad, -3); /* as a power cut may leave it */
+	bk_repo_close(r);
+
+	/* The same boot: only the process died. */
+	r = create(f, NULL, &created);
+	r->boot_id_path = boot;
+	assert_int_equal(bk_repo_lock(r, false), 0);
+	assert_false(r->suspect);
+	assert_true(r->pending_since > 0);
+	bk_repo_close(r);
+
+	fp = fopen(boot, "w");
+	fputs("99999999-2222-3333-4444-555555555555\n", fp);
+	fclose(fp);
+	r = create(f, NULL, &created);
+	r->boot_id_path = boot;
+	assert_int_equal(bk_repo_lock(r, false), 0);
+	assert_true(r->suspect);
+	assert_int_equal(bk_chunk_recheck(r, &removed), 0);
+	assert_int_equal(removed, 1);
+	assert_false(bk_chunk_exists(r, bad));
+	assert_int_equal(bk_chunk_get(r, good, data, len, &got, &w, NULL), 0);
+	snprintf(mark, sizeof(mark), "%s/pending", f->repo);
+	assert_int_equal(access(mark, F_OK), -1);
+	(void)path;
+	bk_chunk_buf_free(&w);
+	free(data);
+	bk_repo_close(r);
+}
+
 static void test_config_damage(void **state)
 {
 	struct fixture *f = *state;
@@ -331,6 +389,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_encrypted, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_manifest, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_pending, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_config_damage, setup, teardown),
 		cmocka_unit_test(test_zero),
 	};
