@@ -47,9 +47,18 @@ static void iso(uint64_t t, char *out, size_t n)
 	strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+/* Bytes for people: B, KiB, MiB or GiB. */
 static void mib(uint64_t b, char *out, size_t n)
 {
-	snprintf(out, n, "%.1f MiB", (double)b / (1 << 20));
+	static const char *const unit[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+	double v = (double)b;
+	int u = 0;
+
+	while (v >= 1024 && u < 4) {
+		v /= 1024;
+		u++;
+	}
+	snprintf(out, n, u ? "%.1f %s" : "%.0f %s", v, unit[u]);
 }
 
 int bk_cli_options(struct bk_cli *c, const char *cmd, int argc, char **argv, unsigned allow)
