@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import VOLTRACK, Failures, Server  # noqa: E402
 
-SIZE = 256 << 20
+SIZE = 128 << 20
 CHUNK = 1 << 20
 # After a crash voltrack counts every block of each recently written
 # write-intent region as changed (doc/tracking.md): that, not the
