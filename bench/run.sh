@@ -104,3 +104,5 @@ echo
 "$HERE/tracking.sh" "$VOLTRACK"
 echo
 VOLTRACK="$VOLTRACK" /usr/bin/python3 "$HERE/snapshot.py"
+echo
+VOLTRACK="$VOLTRACK" "$HERE/backup.sh"

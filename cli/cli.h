@@ -18,6 +18,13 @@ int cmd_serve(int argc, char **argv);
 /* checkpoint, delete, changes, list, status, check */
 int cmd_track(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
+/* The backup client: backup, restore, backups, verify, prune, serve-backup. */
+int cmd_backup(int argc, char **argv);
+int cmd_restore(int argc, char **argv);
+int cmd_backups(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
+int cmd_prune(int argc, char **argv);
+int cmd_serve_backup(int argc, char **argv);
 
 /* "voltrack: message" on stderr; returns 1 for `return cli_fail(...)`. */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -68,6 +68,35 @@ static const char usage[] =
 "  check VOLUME\n"
 "      Verify every checksum and structure of the metadata; exit 0 if sound.\n"
 "\n"
+"  backup VOLUME REPO [--full] [--jobs N] [--json] [--key FILE] [--meta DIR]\n"
+"         [--socket PATH] [--chunk-size SIZE] [--no-compress] [--quiet]\n"
+"      Back VOLUME up into repository REPO (created when missing) through\n"
+"      its running server: a snapshot, only the chunks changed since the\n"
+"      last backup, then the snapshot's data dropped.  Full when it must be,\n"
+"      saying why.  --key FILE encrypts a new repository (AES-256-GCM).\n"
+"\n"
+"  backup --from URI [--bitmap NAME] REPO [same options]\n"
+"      The same from any NBD export; incremental when it offers\n"
+"      qemu:dirty-bitmap:NAME covering every change since the last backup.\n"
+"\n"
+"  restore REPO BACKUP|latest TARGET [--verify] [--jobs N] [--json] [--key FILE]\n"
+"      Write a backup to a file, block device or NBD URI; holes stay sparse.\n"
+"\n"
+"  backups REPO [--json]\n"
+"      The backups, their chains and sizes.\n"
+"\n"
+"  verify REPO [BACKUP] [--against URI]\n"
+"      Check every chunk (or compare a backup with an export); each bad one\n"
+"      is named with its backup, offset and digest.\n"
+"\n"
+"  prune REPO --keep-last N [--keep-daily N] [--keep-weekly N] [--keep-monthly N]\n"
+"        [--dry-run] [--json]\n"
+"      Remove the backups no rule keeps, then every chunk no backup names.\n"
+"\n"
+"  serve-backup REPO BACKUP|latest [--socket PATH] [--listen HOST:PORT] [--key FILE]\n"
+"      Export a backup over NBD, read-only, until SIGINT or SIGTERM (socket\n"
+"      default REPO/serve-ID.sock).\n"
+"\n"
 "  These talk to a running server through DIR/control.sock, or work on the\n"
 "  metadata directly when no server runs.  All take [--meta DIR].\n"
 "\n"
@@ -90,6 +119,18 @@ int main(int argc, char **argv)
 		return cmd_serve(argc - 1, argv + 1);
 	if (!strcmp(cmd, "snapshot"))
 		return cmd_snapshot(argc - 1, argv + 1);
+	if (!strcmp(cmd, "backup"))
+		return cmd_backup(argc - 1, argv + 1);
+	if (!strcmp(cmd, "restore"))
+		return cmd_restore(argc - 1, argv + 1);
+	if (!strcmp(cmd, "backups"))
+		return cmd_backups(argc - 1, argv + 1);
+	if (!strcmp(cmd, "verify"))
+		return cmd_verify(argc - 1, argv + 1);
+	if (!strcmp(cmd, "prune"))
+		return cmd_prune(argc - 1, argv + 1);
+	if (!strcmp(cmd, "serve-backup"))
+		return cmd_serve_backup(argc - 1, argv + 1);
 	static const char *const tracking[] = { "checkpoint", "delete", "changes", "list", "status",
 						"check" };
 	for (size_t i = 0; i < sizeof(tracking) / sizeof(tracking[0]); i++)

@@ -1,7 +1,8 @@
 #!/bin/bash
 # make demo: first a short tour on a scratch volume that runs the whole
 # story and shows each command with its output (write, checkpoint,
-# write, snapshot, write, copy the snapshot, ask what changed, delete);
+# write, snapshot, write, copy the snapshot, ask what changed, delete;
+# then a full and an incremental backup, and a restore that matches);
 # then the 1 GiB demo volume, served in the foreground, with the same
 # commands to try against it, and how to put a file system on it.
 # Ctrl-C stops the server cleanly.
@@ -84,6 +85,22 @@ MSG
 	show "voltrack list disk.img"
 	show "voltrack delete disk.img tuesday"
 	show "voltrack list disk.img"
+	echo
+	echo "# Backups: voltrack backup drives all of the above itself.  The first"
+	echo "# is full; it leaves one checkpoint of its own (vtbackup-...)."
+	show "voltrack backup disk.img repo"
+	echo
+	echo "# More writes, then an incremental backup: only the changed chunks are"
+	echo "# read (the dirty blocks of each), and the backup is still logically full."
+	show "qemu-io -f raw -c 'write -P 5 10M 256k' -c 'write -P 6 200M 4k' \"\$URI\""
+	show "nbdcopy \"\$URI\" volume-now.img          # our own copy, to compare with"
+	show "voltrack backup disk.img repo"
+	show "voltrack backups repo"
+	echo
+	echo "# Restore the incremental and check it against the copy."
+	show "voltrack restore repo latest restored.img --verify"
+	show "cmp restored.img volume-now.img && echo 'restored.img matches the volume'"
+	show "voltrack verify repo"
 	cd "$ROOT"
 	end_tour
 }

@@ -11,10 +11,12 @@ set -eu
 # standard install but not essential; the file-system test and the demo's
 # file-system walk-through need them. GnuTLS is the NBD server's TLS;
 # gnutls-bin has certtool and psktool, which the TLS test makes its
-# credentials with.  As root, nbdfuse mounts through
+# credentials with.  libnbd-dev, libzstd-dev and libgnutls28-dev build
+# the backup client (backup/).  As root, nbdfuse mounts through
 # libfuse3 without fuse3's fusermount3, and umount ends it.
 PACKAGES="gcc meson ninja-build pkg-config liburing-dev libcmocka-dev libgnutls28-dev gnutls-bin \
-qemu-utils qemu-system-common nbdkit libnbd-bin python3-libnbd fio valgrind \
+qemu-utils qemu-system-common nbdkit libnbd-bin libnbd-dev python3-libnbd fio valgrind \
+libzstd-dev zstd \
 mount e2fsprogs clang libfuzzer-14-dev libclang-rt-14-dev"
 
 missing=""

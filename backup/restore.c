@@ -1,0 +1,371 @@
+/*
+ * restore: see restore.h.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <libnbd.h>
+#include <linux/fs.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "chunk.h"
+#include "restore.h"
+
+#define BLOCK 4096u
+
+bool bk_is_uri(const char *target)
+{
+	return !strncmp(target, "nbd://", 6) || !strncmp(target, "nbd+unix://", 11) ||
+	       !strncmp(target, "nbds://", 7) || !strncmp(target, "nbds+unix://", 12) ||
+	       !strncmp(target, "nbd+vsock://", 12);
+}
+
+enum kind { T_FILE, T_BLOCK, T_NBD };
+
+struct rjob {
+	struct bk_repo *r;
+	const struct bk_manifest *m;
+	const char *target;
+	enum kind kind;
+	int fd;
+	bool reading;		/* the verify pass */
+	atomic_uint_least64_t next;
+	atomic_bool stop;
+	atomic_uint_least64_t written, zeroed;
+	struct bk_progress *prog;
+	pthread_mutex_t lock;
+	int err;
+	char msg[512];
+};
+
+static void rfail(struct rjob *j, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void rfail(struct rjob *j, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&j->lock);
+	if (!j->err) {
+		j->err = err;
+		va_start(ap, fmt);
+		vsnprintf(j->msg, sizeof(j->msg), fmt, ap);
+		va_end(ap);
+	}
+	pthread_mutex_unlock(&j->lock);
+	atomic_store(&j->stop, true);
+}
+
+static int nbd_err(void)
+{
+	return nbd_get_errno() ? -nbd_get_errno() : -EIO;
+}
+
+static int put(struct rjob *j, struct nbd_handle *h, const void *buf, uint64_t len,
+	       uint64_t off)
+{
+	if (h)
+		return nbd_pwrite(h, buf, len, off, 0) ? nbd_err() : 0;
+	const char *p = buf;
+	while (len) {
+		ssize_t n = pwrite(j->fd, p, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		p += n;
+		len -= (uint64_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+static int get(struct rjob *j, struct nbd_handle *h, void *buf, uint64_t len, uint64_t off)
+{
+	if (h)
+		return nbd_pread(h, buf, len, off, 0) ? nbd_err() : 0;
+	char *p = buf;
+	while (len) {
+		ssize_t n = pread(j->fd, p, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		p += n;
+		len -= (uint64_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+/* Make [off, off + len) read as zeroes.  A fresh file already does. */
+static int zero(struct rjob *j, struct nbd_handle *h, uint64_t off, uint64_t len, void *zbuf)
+{
+	if (j->kind == T_FILE || !len)
+		return 0;
+	atomic_fetch_add(&j->zeroed, len);
+	if (h && nbd_can_zero(h) == 1)
+		return nbd_zero(h, len, off, 0) ? nbd_err() : 0;
+	if (!h) {
+		uint64_t range[2] = { off, len };
+		if (ioctl(j->fd, BLKZEROOUT, range) == 0)
+			return 0;
+	}
+	/* Neither can zero: write them. */
+	for (uint64_t p = 0; p < len; p += BLOCK * 16) {
+		uint64_t n = len - p < BLOCK * 16 ? len - p : BLOCK * 16;
+		int err = put(j, h, zbuf, n, off + p);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+/* Write buf (chunk at off) as runs of data and of zero blocks. */
+static int write_chunk(struct rjob *j, struct nbd_handle *h, const uint8_t *buf, uint64_t len,
+		       uint64_t off, void *zbuf)
+{
+	uint64_t p = 0;
+
+	while (p < len) {
+		uint64_t n = len - p < BLOCK ? len - p : BLOCK;
+		bool z = bk_is_zero(buf + p, n);
+		uint64_t q = p + n;
+		while (q < len) {
+			uint64_t m = len - q < BLOCK ? len - q : BLOCK;
+			if (bk_is_zero(buf + q, m) != z)
+				break;
+			q += m;
+		}
+		int err = z ? zero(j, h, off + p, q - p, zbuf) : put(j, h, buf + p, q - p, off + p);
+		if (err)
+			return err;
+		if (!z)
+			atomic_fetch_add(&j->written, q - p);
+		p = q;
+	}
+	return 0;
+}
+
+static void *rworker(void *arg)
+{
+	struct rjob *j = arg;
+	const struct bk_manifest *m = j->m;
+	struct nbd_handle *h = NULL;
+	struct bk_chunk_buf work = { 0 };
+	uint8_t *buf = malloc(m->chunk_size), *back = malloc(m->chunk_size);
+	void *zbuf = calloc(1, BLOCK * 16);
+
+	if (!buf || !back || !zbuf) {
+		rfail(j, -ENOMEM, "out of memory");
+		goto out;
+	}
+	if (j->kind == T_NBD) {
+		h = nbd_create();
+		if (!h || nbd_connect_uri(h, j->target)) {
+			rfail(j, nbd_err(), "cannot connect to %s: %s", j->target, nbd_get_error());
+			goto out;
+		}
+	}
+	for (;;) {
+		uint64_t i = atomic_fetch_add(&j->next, 1);
+		if (i >= m->nchunks || atomic_load(&j->stop))
+			break;
+		uint64_t off = i * m->chunk_size;
+		uint64_t len = m->size - off < m->chunk_size ? m->size - off : m->chunk_size;
+		const struct bk_entry *e = &m->chunks[i];
+		char hex[2 * BK_DIGEST_LEN + 1];
+		bk_hex(e->digest, BK_DIGEST_LEN, hex);
+		int err;
+		if (j->reading) {
+			uint8_t d[BK_DIGEST_LEN];
+			err = get(j, h, back, len, off);
+			if (err) {
+				rfail(j, err, "cannot read %s back at offset %llu: %s", j->target,
+				      (unsigned long long)off, strerror(-err));
+				break;
+			}
+			bool ok = e->hole ? bk_is_zero(back, len) :
+				  !bk_digest(&j->r->keys, back, len, d) &&
+				  !memcmp(d, e->digest, BK_DIGEST_LEN);
+			if (!ok) {
+				rfail(j, -EIO, "verify: %s differs from backup %s in chunk %llu at "
+				      "offset %llu", j->target, m->id, (unsigned long long)i,
+				      (unsigned long long)off);
+				break;
+			}
+		} else if (e->hole) {
+			err = zero(j, h, off, len, zbuf);
+			if (err) {
+				rfail(j, err, "cannot zero %s at offset %llu: %s", j->target,
+				      (unsigned long long)off, strerror(-err));
+				break;
+			}
+		} else {
+			size_t got;
+			const char *why = "";
+			err = bk_chunk_get(j->r, e->digest, buf, m->chunk_size, &got, &work, &why);
+			if (!err && got != len)
+				err = -EBADMSG, why = "chunk of the wrong length for its offset";
+			if (err) {
+				rfail(j, err, "backup %s is damaged: chunk %llu at offset %llu (%s): "
+				      "%s; the restore is incomplete", m->id, (unsigned long long)i,
+				      (unsigned long long)off, hex,
+				      err == -EBADMSG ? why : strerror(-err));
+				break;
+			}
+			err = write_chunk(j, h, buf, len, off, zbuf);
+			if (err) {
+				rfail(j, err, "cannot write %s at offset %llu: %s", j->target,
+				      (unsigned long long)off, strerror(-err));
+				break;
+			}
+		}
+		atomic_fetch_add(&j->prog->done, len);
+	}
+	if (h && !j->reading && !atomic_load(&j->stop) && nbd_can_flush(h) == 1 && nbd_flush(h, 0))
+		rfail(j, nbd_err(), "cannot flush %s: %s", j->target, nbd_get_error());
+out:
+	if (h)
+		nbd_close(h);
+	free(buf);
+	free(back);
+	free(zbuf);
+	bk_chunk_buf_free(&work);
+	return NULL;
+}
+
+static int run(struct rjob *j, unsigned jobs)
+{
+	pthread_t tids[64];
+	unsigned started = 0;
+
+	atomic_store(&j->next, 0);
+	if (jobs > 64)
+		jobs = 64;
+	for (; started < (jobs ? jobs : 1); started++)
+		if (pthread_create(&tids[started], NULL, rworker, j))
+			break;
+	if (!started)
+		rfail(j, -EAGAIN, "cannot start a worker thread");
+	while (atomic_load(&j->next) < j->m->nchunks + started && !atomic_load(&j->stop)) {
+		bk_progress_tick(j->prog);
+		usleep(50000);
+	}
+	for (unsigned i = 0; i < started; i++)
+		pthread_join(tids[i], NULL);
+	bk_progress_end(j->prog);
+	return j->err;
+}
+
+/* Open the target and check its size. */
+static int open_target(struct rjob *j)
+{
+	const struct bk_manifest *m = j->m;
+	struct stat st;
+
+	if (bk_is_uri(j->target)) {
+		j->kind = T_NBD;
+		struct nbd_handle *h = nbd_create();
+		int err = 0;
+		if (!h || nbd_connect_uri(h, j->target)) {
+			err = nbd_err();
+			rfail(j, err, "cannot connect to %s: %s", j->target, nbd_get_error());
+		} else if (nbd_is_read_only(h) == 1) {
+			rfail(j, err = -EROFS, "%s is read-only", j->target);
+		} else if (nbd_get_size(h) < (int64_t)m->size) {
+			rfail(j, err = -ENOSPC, "%s is smaller (%lld bytes) than backup %s (%llu)",
+			      j->target, (long long)nbd_get_size(h), m->id,
+			      (unsigned long long)m->size);
+		}
+		if (h)
+			nbd_close(h);
+		return err;
+	}
+	if (stat(j->target, &st) == 0 && S_ISBLK(st.st_mode)) {
+		uint64_t size;
+		j->kind = T_BLOCK;
+		j->fd = open(j->target, O_RDWR | O_CLOEXEC);
+		if (j->fd < 0 || ioctl(j->fd, BLKGETSIZE64, &size)) {
+			int err = -errno;
+			rfail(j, err, "cannot open %s: %s", j->target, strerror(-err));
+			return err;
+		}
+		if (size < m->size) {
+			rfail(j, -ENOSPC, "%s is smaller (%llu bytes) than backup %s (%llu)",
+			      j->target, (unsigned long long)size, m->id,
+			      (unsigned long long)m->size);
+			return -ENOSPC;
+		}
+		return 0;
+	}
+	j->kind = T_FILE;
+	j->fd = open(j->target, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (j->fd < 0 || fstat(j->fd, &st) || !S_ISREG(st.st_mode)) {
+		int err = j->fd < 0 ? -errno : -EINVAL;
+		rfail(j, err, "cannot restore to %s: %s", j->target,
+		      err == -EINVAL ? "not a file, block device or NBD URI" : strerror(-err));
+		return err;
+	}
+	/* Everything a hole first: only data is then written. */
+	if (ftruncate(j->fd, 0) || ftruncate(j->fd, (off_t)m->size)) {
+		int err = -errno;
+		rfail(j, err, "cannot size %s: %s", j->target, strerror(-err));
+		return err;
+	}
+	return 0;
+}
+
+int bk_restore(struct bk_repo *r, const struct bk_manifest *m, const char *target,
+	       unsigned jobs, bool verify, struct bk_progress *prog,
+	       struct bk_restore_stats *st, char *msg, size_t msglen)
+{
+	struct rjob *j = calloc(1, sizeof(*j));
+	int err = 0;
+
+	if (!j)
+		return -ENOMEM;
+	j->r = r;
+	j->m = m;
+	j->target = target;
+	j->fd = -1;
+	j->prog = prog;
+	pthread_mutex_init(&j->lock, NULL);
+	/* Refuse before touching the target when chunks are missing. */
+	for (uint64_t i = 0; i < m->nchunks && !err; i++) {
+		if (m->chunks[i].hole || bk_chunk_exists(r, m->chunks[i].digest))
+			continue;
+		char hex[2 * BK_DIGEST_LEN + 1];
+		bk_hex(m->chunks[i].digest, BK_DIGEST_LEN, hex);
+		rfail(j, err = -ENOENT, "backup %s is damaged: chunk %llu at offset %llu (%s) is "
+		      "missing; nothing was written", m->id, (unsigned long long)i,
+		      (unsigned long long)(i * m->chunk_size), hex);
+	}
+	if (!err)
+		err = open_target(j);
+	if (!err)
+		err = run(j, jobs);
+	if (!err && j->kind != T_NBD && fsync(j->fd))
+		rfail(j, err = -errno, "cannot sync %s: %s", target, strerror(errno));
+	st->bytes_written = atomic_load(&j->written);
+	st->bytes_zeroed = atomic_load(&j->zeroed);
+	if (!err && verify) {
+		j->reading = true;
+		bk_progress_start(prog, prog->mode, "verify", m->size);
+		err = run(j, jobs);
+	}
+	if (err)
+		snprintf(msg, msglen, "%s", j->msg);
+	if (j->fd >= 0)
+		close(j->fd);
+	pthread_mutex_destroy(&j->lock);
+	free(j);
+	return err;
+}

@@ -1,0 +1,39 @@
+/*
+ * restore: write one backup to a target, and read targets back.
+ *
+ * A target is a file (created, or cut to nothing and grown to the
+ * backup's size, so that what is not written stays a hole), a block
+ * device, or an NBD URI (both at least the backup's size; their zero
+ * ranges are zeroed, with BLKZEROOUT or NBD_CMD_WRITE_ZEROES, rather
+ * than written).  Only non-zero data is written, in runs of 4 KiB
+ * blocks.  Every chunk is checked whole before any of it is written;
+ * a backup whose chunk files are missing is refused before the target
+ * is touched, one whose chunk is damaged stops at that chunk with its
+ * offset named.  With verify, the target is read back and every
+ * chunk's digest compared.
+ *
+ * Returns 0 or -errno, with msg one line on failure.
+ */
+#ifndef VOLTRACK_BACKUP_RESTORE_H
+#define VOLTRACK_BACKUP_RESTORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "manifest.h"
+#include "progress.h"
+#include "repo.h"
+
+struct bk_restore_stats {
+	uint64_t bytes_written;
+	uint64_t bytes_zeroed;	/* zeroed on a device or NBD target */
+};
+
+int bk_restore(struct bk_repo *r, const struct bk_manifest *m, const char *target,
+	       unsigned jobs, bool verify, struct bk_progress *prog,
+	       struct bk_restore_stats *st, char *msg, size_t msglen);
+
+/* Whether target names an NBD URI rather than a path. */
+bool bk_is_uri(const char *target);
+
+#endif
