@@ -309,6 +309,37 @@ static void test_settle_during_hold_keeps_the_mark(void **state)
 	assert_true(atomic_load(&f->s->ds->pending));
 }
 
+/*
+ * A failed sync of the store's data may have dropped a copy for good
+ * (Linux marks the pages it could not write clean and reports the error
+ * once): a later sync that succeeds proves nothing about it, so the
+ * mark must stay set, and a power cut then invalidates the snapshots
+ * instead of serving a lost copy.
+ */
+static void test_failed_store_sync_keeps_the_mark(void **state)
+{
+	struct fixture *f = *state;
+	struct req w;
+
+	unblock(f);
+	start(f, &w, VT_OP_WRITE, 3 * G, 0x33);	/* a copy, under a new mark */
+	run_until(f, &w.done);
+	assert_int_equal(w.err, 0);
+	assert_true(atomic_load(&f->s->ds->pending));
+	pthread_mutex_lock(&f->bf.lock);
+	f->bf.watch_fd = f->s->ds->data_fd;
+	f->bf.fail = -EIO;
+	unsigned before = f->bf.synced;
+	pthread_mutex_unlock(&f->bf.lock);
+	assert_int_equal(vt_snapshots_settle(f->s), -EIO);
+	assert_int_equal(f->bf.synced, before + 1);	/* the premise: that sync failed */
+	pthread_mutex_lock(&f->bf.lock);
+	f->bf.fail = 0;
+	pthread_mutex_unlock(&f->bf.lock);
+	assert_int_not_equal(vt_snapshots_settle(f->s), 0);
+	assert_true(atomic_load(&f->s->ds->pending));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -317,6 +348,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_failed_mark_costs_the_snapshot, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_settle_during_hold_keeps_the_mark, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_failed_store_sync_keeps_the_mark, setup,
 						teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
