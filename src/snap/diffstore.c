@@ -535,7 +535,19 @@ uint64_t diffstore_used_bytes(const struct diffstore *ds)
 
 int diffstore_sync(struct diffstore *ds)
 {
-	int err = ds->ops->fdatasync(ds->ops, ds->data_fd);
+	/* A failed sync may have dropped copies or records for good: the
+	 * kernel reports a writeback error once and marks the pages clean,
+	 * so a later sync that succeeds says nothing about them.  The error
+	 * stays, and with it the mark (a power cut then doubts the copies). */
+	int err = atomic_load(&ds->sync_error);
 
-	return err ? err : ds->ops->fdatasync(ds->ops, ds->map_fd);
+	if (!err)
+		err = ds->ops->fdatasync(ds->ops, ds->data_fd);
+	if (!err)
+		err = ds->ops->fdatasync(ds->ops, ds->map_fd);
+	if (err) {
+		int none = 0;
+		atomic_compare_exchange_strong(&ds->sync_error, &none, err);
+	}
+	return err;
 }

@@ -76,6 +76,7 @@ struct diffstore {
 	atomic_ulong copies_started, copies_done;
 	atomic_ulong marks_asked;	/* diffstore_mark_pending() calls */
 	unsigned long settle_seen;	/* copies_started at the last settle */
+	atomic_int sync_error;		/* the first failed diffstore_sync(), kept */
 	char boot_id[40];		/* this boot's */
 	char pending_boot_id[40];	/* found in the mark at open */
 	bool found_pending;
@@ -178,7 +179,8 @@ static inline uint64_t diffstore_record_offset(uint32_t slot)
 void diffstore_encode(const struct diffstore *ds, uint32_t slot, const struct ds_record *rec,
 		      uint8_t out[DS_RECORD_SIZE]);
 
-/* Make copies and records durable (data, then records). */
+/* Make copies and records durable (data, then records).  Once it
+ * failed, it fails the same way for the rest of the run. */
 int diffstore_sync(struct diffstore *ds);
 
 #endif

@@ -376,6 +376,16 @@ int vt_snapshots_commit(struct vt_snapshots *s, const char *name, struct vt_snap
 	 * that survives, and their copies name a sequence number no
 	 * snapshot will get again.
 	 */
+	/*
+	 * Asked for again now that the hold drained: a write admitted before
+	 * it may have reached the origin only after a settle's origin sync
+	 * began, and that settle, counting the prepare's request, would
+	 * clear the mark while the write is in the page cache alone.  This
+	 * request makes such a settle keep it (or sets it again); the
+	 * prepare's set it already, so this is normally just a count.
+	 */
+	if (!err)
+		err = diffstore_mark_pending(s->ds);
 	if (!err)
 		err = tracker_checkpoint_staged(s->tracker, name, CKPT_F_SNAPSHOT, p->seq, &c);
 	if (!err) {

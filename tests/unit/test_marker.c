@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -258,6 +259,123 @@ static void test_failed_mark_costs_the_snapshot(void **state)
 	free(l);
 }
 
+struct taker {
+	struct vt_snapshots *s;
+	int err;
+};
+
+static void *take_b(void *arg)
+{
+	struct taker *tk = arg;
+	struct vt_snap_phases ph;
+
+	tk->err = vt_snapshots_take(tk->s, "b", 60000, &ph);
+	return NULL;
+}
+
+/*
+ * A write admitted before a hold is part of the snapshot, and its data
+ * may reach the origin only after a settle's origin sync started while
+ * the hold drained.  That settle must not leave the mark clear: the
+ * chunk is read from the origin, and a power cut would take the write
+ * from the snapshot with no mark to say so.
+ */
+static void test_settle_during_hold_keeps_the_mark(void **state)
+{
+	struct fixture *f = *state;
+	struct vt_gate_wait gw = { .loop = &f->loop };
+	struct taker tk = { .s = f->s, .err = 1 };
+	pthread_t th;
+	uint8_t data[4096];
+
+	unblock(f);
+	assert_true(vt_gate_enter(&f->s->gate, &gw));	/* W: admitted before the hold */
+	assert_int_equal(pthread_create(&th, NULL, take_b, &tk), 0);
+	while (!atomic_load(&f->s->gate.held))
+		sched_yield();
+	/* The hold's prepare set the mark; the keeper settles meanwhile
+	 * (its origin sync comes before W's data). */
+	assert_true(atomic_load(&f->s->ds->pending));
+	assert_int_equal(vt_snapshots_settle(f->s), 0);
+	assert_false(atomic_load(&f->s->ds->pending));	/* the premise: it cleared */
+	/* W's data reaches the page cache, W leaves: the hold drains. */
+	memset(data, 0x77, sizeof(data));
+	assert_int_equal(pwrite(f->tv.vol->fd, data, sizeof(data), 9 * G), (ssize_t)sizeof(data));
+	vt_gate_leave(&f->s->gate);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(tk.err, 0);
+	/* Snapshot b's block at 9 G is W's data, in no copy and maybe not
+	 * on disk: the mark must still be set. */
+	assert_true(atomic_load(&f->s->ds->pending));
+}
+
+/*
+ * A failed sync of the store's data may have dropped a copy for good
+ * (Linux marks the pages it could not write clean and reports the error
+ * once): a later sync that succeeds proves nothing about it, so the
+ * mark must stay set, and a power cut then invalidates the snapshots
+ * instead of serving a lost copy.
+ */
+static void test_failed_store_sync_keeps_the_mark(void **state)
+{
+	struct fixture *f = *state;
+	struct req w;
+
+	unblock(f);
+	start(f, &w, VT_OP_WRITE, 3 * G, 0x33);	/* a copy, under a new mark */
+	run_until(f, &w.done);
+	assert_int_equal(w.err, 0);
+	assert_true(atomic_load(&f->s->ds->pending));
+	pthread_mutex_lock(&f->bf.lock);
+	f->bf.watch_fd = f->s->ds->data_fd;
+	f->bf.fail = -EIO;
+	unsigned before = f->bf.synced;
+	pthread_mutex_unlock(&f->bf.lock);
+	assert_int_equal(vt_snapshots_settle(f->s), -EIO);
+	assert_int_equal(f->bf.synced, before + 1);	/* the premise: that sync failed */
+	pthread_mutex_lock(&f->bf.lock);
+	f->bf.fail = 0;
+	pthread_mutex_unlock(&f->bf.lock);
+	assert_int_not_equal(vt_snapshots_settle(f->s), 0);
+	assert_true(atomic_load(&f->s->ds->pending));
+}
+
+static void *take_c(void *arg)
+{
+	struct taker *tk = arg;
+	struct vt_snap_phases ph;
+
+	tk->err = vt_snapshots_take(tk->s, "c", 60000, &ph);
+	return NULL;
+}
+
+/*
+ * A hold taken while a write waits for the marker: the write was
+ * admitted by the gate, so the hold drains only once the marker's sync
+ * (the store's own I/O) returns and the copy is made.  No deadlock, and
+ * the write is not failed.
+ */
+static void test_hold_drains_a_write_parked_on_the_marker(void **state)
+{
+	struct fixture *f = *state;
+	struct taker tk = { .s = f->s, .err = 1 };
+	struct req w;
+	pthread_t th;
+
+	start(f, &w, VT_OP_WRITE, 7 * G, 0x71);
+	wait_blocked(f, 1);			/* parked on the marker's sync */
+	assert_int_equal(vt_gate_inflight(&f->s->gate), 1);
+	assert_int_equal(pthread_create(&th, NULL, take_c, &tk), 0);
+	unblock(f);
+	run_until(f, &w.done);
+	assert_int_equal(w.err, 0);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(tk.err, 0);
+	uint8_t snap[4096], zero[4096] = { 0 };
+	read_snapshot(f, 7 * G, snap);		/* "a" still reads its zeroes */
+	assert_memory_equal(snap, zero, sizeof(zero));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -265,6 +383,12 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_failed_mark_costs_the_snapshot, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_settle_during_hold_keeps_the_mark, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_failed_store_sync_keeps_the_mark, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_hold_drains_a_write_parked_on_the_marker,
+						setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
