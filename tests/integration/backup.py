@@ -205,20 +205,23 @@ def server_crashes(v):
     v.restore_matches(b["id"], "after kill -9 between backups")
 
     load = v.fio(8 << 20, 8 << 20, seconds=60)
-    # Kill only once fio's writes reach the volume (fio takes a moment
-    # to start), and while it still writes.
-    before = list(v.refs.values())[-1]
-    with open(before, "rb") as f:
-        f.seek(8 << 20)
-        old = f.read(8 << 20)
-    deadline = time.time() + 30
-    while v.srv.read_volume(8 << 20, 8 << 20) == old and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    F.check(load.poll() is None, "fio is still writing when the server is killed")
-    v.srv.stop(signal.SIGKILL)
-    os.killpg(load.pid, signal.SIGKILL)
-    load.wait()
+    try:
+        # Kill only once fio's writes reach the volume (fio takes a
+        # moment to start), and while it still writes.
+        before = list(v.refs.values())[-1]
+        with open(before, "rb") as f:
+            f.seek(8 << 20)
+            old = f.read(8 << 20)
+        deadline = time.time() + 30
+        while v.srv.read_volume(8 << 20, 8 << 20) == old and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        F.check(load.poll() is None, "fio is still writing when the server is killed")
+        v.srv.stop(signal.SIGKILL)
+    finally:
+        # fio has a session of its own: end it whatever happened above.
+        os.killpg(load.pid, signal.SIGKILL)
+        load.wait()
     v.srv.start()
     b = v.backup()
     check_incremental(v, b, "after kill -9 during writes", crashed=True)
