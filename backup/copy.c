@@ -14,6 +14,7 @@
 
 #include "chunk.h"
 #include "copy.h"
+#include "joberr.h"
 
 #define CTX_ALLOC "base:allocation"
 #define CTX_DIRTY_PREFIX "qemu:dirty-bitmap:"
@@ -49,31 +50,12 @@ struct job {
 	struct bk_manifest *m;
 	uint64_t slice_chunks, nslices;
 	atomic_uint_least64_t next_slice;
-	atomic_bool stop;
 	atomic_uint_least64_t bytes_read, bytes_stored, chunks_read, chunks_new;
 	struct bk_progress *prog;
-	pthread_mutex_t lock;
-	int err;
-	char msg[512];
+	struct bk_joberr fail;
 };
 
-static void job_fail(struct job *j, int err, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void job_fail(struct job *j, int err, const char *fmt, ...)
-{
-	va_list ap;
-
-	pthread_mutex_lock(&j->lock);
-	if (!j->err) {
-		j->err = err;
-		va_start(ap, fmt);
-		vsnprintf(j->msg, sizeof(j->msg), fmt, ap);
-		va_end(ap);
-	}
-	pthread_mutex_unlock(&j->lock);
-	atomic_store(&j->stop, true);
-}
+#define job_fail(j, ...) bk_joberr_set(&(j)->fail, __VA_ARGS__)
 
 static struct nbd_handle *connect_source(const char *uri, const char *bitmap_ctx, int *err,
 					 char *msg, size_t msglen)
@@ -410,7 +392,7 @@ static void *worker(void *arg)
 	}
 	for (;;) {
 		uint64_t sl = atomic_fetch_add(&j->next_slice, 1);
-		if (sl >= j->nslices || atomic_load(&j->stop))
+		if (sl >= j->nslices || bk_joberr_stopped(&j->fail))
 			break;
 		uint64_t first = sl * j->slice_chunks;
 		uint64_t last = first + j->slice_chunks < j->m->nchunks ? first + j->slice_chunks :
@@ -508,14 +490,14 @@ int bk_copy(struct bk_repo *r, const char *uri, const char *bitmap,
 		j->slice_chunks = 256;
 	j->nslices = (m->nchunks + j->slice_chunks - 1) / j->slice_chunks;
 	j->prog = prog;
-	pthread_mutex_init(&j->lock, NULL);
+	bk_joberr_init(&j->fail);
 	for (; started < jobs; started++)
 		if (pthread_create(&tids[started], NULL, worker, j))
 			break;
 	if (!started)
 		job_fail(j, -EAGAIN, "cannot start a worker thread");
 	/* Draw progress while the workers run. */
-	while (atomic_load(&j->next_slice) < j->nslices + started && !atomic_load(&j->stop)) {
+	while (atomic_load(&j->next_slice) < j->nslices + started && !bk_joberr_stopped(&j->fail)) {
 		bk_progress_tick(prog);
 		usleep(50000);
 	}
@@ -526,10 +508,7 @@ int bk_copy(struct bk_repo *r, const char *uri, const char *bitmap,
 	st->bytes_stored = atomic_load(&j->bytes_stored);
 	st->chunks_read = atomic_load(&j->chunks_read);
 	st->chunks_new = atomic_load(&j->chunks_new);
-	int err = j->err;
-	if (err)
-		snprintf(msg, msglen, "%s", j->msg);
-	pthread_mutex_destroy(&j->lock);
+	int err = bk_joberr_finish(&j->fail, msg, msglen);
 	free(j);
 	return err;
 }

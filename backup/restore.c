@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "chunk.h"
+#include "joberr.h"
 #include "restore.h"
 
 #define BLOCK 4096u
@@ -37,45 +38,28 @@ struct rjob {
 	int fd;
 	bool reading;		/* the verify pass */
 	atomic_uint_least64_t next;
-	atomic_bool stop;
 	atomic_uint_least64_t written, zeroed;
 	struct bk_progress *prog;
-	pthread_mutex_t lock;
-	int err;
-	char msg[512];
+	struct bk_joberr fail;
 };
 
-static void rfail(struct rjob *j, int err, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void rfail(struct rjob *j, int err, const char *fmt, ...)
-{
-	va_list ap;
-
-	pthread_mutex_lock(&j->lock);
-	if (!j->err) {
-		j->err = err;
-		va_start(ap, fmt);
-		vsnprintf(j->msg, sizeof(j->msg), fmt, ap);
-		va_end(ap);
-	}
-	pthread_mutex_unlock(&j->lock);
-	atomic_store(&j->stop, true);
-}
+#define rfail(j, ...) bk_joberr_set(&(j)->fail, __VA_ARGS__)
 
 static int nbd_err(void)
 {
 	return nbd_get_errno() ? -nbd_get_errno() : -EIO;
 }
 
-static int put(struct rjob *j, struct nbd_handle *h, const void *buf, uint64_t len,
-	       uint64_t off)
+/* All of len bytes to or from the target at off: NBD, or the file. */
+static int xfer(struct rjob *j, struct nbd_handle *h, void *buf, uint64_t len, uint64_t off,
+		bool out)
 {
 	if (h)
-		return nbd_pwrite(h, buf, len, off, 0) ? nbd_err() : 0;
-	const char *p = buf;
+		return (out ? nbd_pwrite(h, buf, len, off, 0) : nbd_pread(h, buf, len, off, 0)) ?
+			nbd_err() : 0;
+	char *p = buf;
 	while (len) {
-		ssize_t n = pwrite(j->fd, p, len, (off_t)off);
+		ssize_t n = out ? pwrite(j->fd, p, len, (off_t)off) : pread(j->fd, p, len, (off_t)off);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
@@ -87,22 +71,15 @@ static int put(struct rjob *j, struct nbd_handle *h, const void *buf, uint64_t l
 	return 0;
 }
 
+static int put(struct rjob *j, struct nbd_handle *h, const void *buf, uint64_t len,
+	       uint64_t off)
+{
+	return xfer(j, h, (void *)buf, len, off, true);
+}
+
 static int get(struct rjob *j, struct nbd_handle *h, void *buf, uint64_t len, uint64_t off)
 {
-	if (h)
-		return nbd_pread(h, buf, len, off, 0) ? nbd_err() : 0;
-	char *p = buf;
-	while (len) {
-		ssize_t n = pread(j->fd, p, len, (off_t)off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -EIO;
-		p += n;
-		len -= (uint64_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
+	return xfer(j, h, buf, len, off, false);
 }
 
 /* Make [off, off + len) read as zeroes.  A fresh file already does. */
@@ -176,7 +153,7 @@ static void *rworker(void *arg)
 	}
 	for (;;) {
 		uint64_t i = atomic_fetch_add(&j->next, 1);
-		if (i >= m->nchunks || atomic_load(&j->stop))
+		if (i >= m->nchunks || bk_joberr_stopped(&j->fail))
 			break;
 		uint64_t off = i * m->chunk_size;
 		uint64_t len = m->size - off < m->chunk_size ? m->size - off : m->chunk_size;
@@ -230,7 +207,7 @@ static void *rworker(void *arg)
 		}
 		atomic_fetch_add(&j->prog->done, len);
 	}
-	if (h && !j->reading && !atomic_load(&j->stop) && nbd_can_flush(h) == 1 && nbd_flush(h, 0))
+	if (h && !j->reading && !bk_joberr_stopped(&j->fail) && nbd_can_flush(h) == 1 && nbd_flush(h, 0))
 		rfail(j, nbd_err(), "cannot flush %s: %s", j->target, nbd_get_error());
 out:
 	if (h)
@@ -255,14 +232,14 @@ static int run(struct rjob *j, unsigned jobs)
 			break;
 	if (!started)
 		rfail(j, -EAGAIN, "cannot start a worker thread");
-	while (atomic_load(&j->next) < j->m->nchunks + started && !atomic_load(&j->stop)) {
+	while (atomic_load(&j->next) < j->m->nchunks + started && !bk_joberr_stopped(&j->fail)) {
 		bk_progress_tick(j->prog);
 		usleep(50000);
 	}
 	for (unsigned i = 0; i < started; i++)
 		pthread_join(tids[i], NULL);
 	bk_progress_end(j->prog);
-	return j->err;
+	return j->fail.err;
 }
 
 /* Open the target and check its size. */
@@ -337,7 +314,7 @@ int bk_restore(struct bk_repo *r, const struct bk_manifest *m, const char *targe
 	j->target = target;
 	j->fd = -1;
 	j->prog = prog;
-	pthread_mutex_init(&j->lock, NULL);
+	bk_joberr_init(&j->fail);
 	/* Refuse before touching the target when chunks are missing. */
 	for (uint64_t i = 0; i < m->nchunks && !err; i++) {
 		if (m->chunks[i].hole || bk_chunk_exists(r, m->chunks[i].digest))
@@ -361,11 +338,9 @@ int bk_restore(struct bk_repo *r, const struct bk_manifest *m, const char *targe
 		bk_progress_start(prog, prog->mode, "verify", m->size);
 		err = run(j, jobs);
 	}
-	if (err)
-		snprintf(msg, msglen, "%s", j->msg);
+	bk_joberr_finish(&j->fail, err ? msg : NULL, msglen);
 	if (j->fd >= 0)
 		close(j->fd);
-	pthread_mutex_destroy(&j->lock);
 	free(j);
 	return err;
 }
