@@ -232,6 +232,19 @@ static void cow_submit(struct vt_op *op, uint8_t stage, int fd, void *buf, uint6
 	op->cow_iov = (struct iovec){ .iov_base = buf, .iov_len = len };
 	op->io = (struct vio_req){ .op = stage == VT_STAGE_COW_READ ? VIO_READ : VIO_WRITE,
 				   .fd = fd, .iov = &op->cow_iov, .iovcnt = 1, .off = off };
+	/*
+	 * The copy's two writes go into the page cache on this thread, as a
+	 * small volume write does (volume_prep_write): io_uring cannot write
+	 * a file buffered without blocking on most file systems, so it hands
+	 * such writes to its worker threads, which run the writes to one
+	 * file one after another.  Behind a burst of copies (every write
+	 * right after a snapshot makes one), a write would wait for all the
+	 * others' copies before its own.  The read stays asynchronous: from
+	 * the page cache io_uring completes it at once, and a read from the
+	 * disk must not stop the loop.
+	 */
+	if (stage != VT_STAGE_COW_READ && len <= VOLUME_INLINE_WRITE_MAX)
+		op->io.flags = VIO_F_INLINE;
 	submit(op);
 }
 
