@@ -6,6 +6,12 @@
 #
 #   bench/run.sh [SIZE] [RUNTIME_SECONDS] [ROUNDS]     (defaults: 1G 5 3)
 #
+# VOLTRACK_BASELINE=/path/to/an/older/voltrack adds that build as one more
+# server ("voltrack-baseline"), so a change's before and after are compared
+# in the same run.  BENCH_ONLY=write-path stops after the fio table.
+# BENCH_COLD=1 drops the page cache after each server starts, before its
+# fio job (a real volume is much larger than memory); the table says so.
+#
 # Client and server share two noisy cores, so single runs swing by 20%.
 # Servers therefore take turns, ROUNDS times and in a rotating order, each
 # restarted on a fresh file, and the table shows medians.
@@ -19,6 +25,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$W"' EXIT
 
 JOBS=("randw4k-qd32 randwrite 4k 32" "seqw1m-qd8 write 1m 8" "randr4k-qd32 randread 4k 32")
 SERVERS=(voltrack voltrack-no-track nbdkit-file qsd-raw qsd-qcow2-bitmap)
+BASELINE=${VOLTRACK_BASELINE:-}
+[ -n "$BASELINE" ] && SERVERS+=(voltrack-baseline)
 
 wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; return 1; }
 
@@ -43,11 +51,12 @@ start() { # server full -> sets PID and URI
 	local d="$W/$1"
 	rm -rf "$d"; mkdir -p "$d"
 	case $1 in
-	voltrack|voltrack-no-track)
+	voltrack|voltrack-no-track|voltrack-baseline)
 		image raw "$d/v.img" "$2"
-		"$VOLTRACK" init "$d/v.img" >/dev/null
+		local bin=$VOLTRACK; [ "$1" = voltrack-baseline ] && bin=$BASELINE
+		"$bin" init "$d/v.img" >/dev/null
 		local extra=(); [ "$1" = voltrack-no-track ] && extra=(--no-track)
-		"$VOLTRACK" serve "$d/v.img" "${extra[@]}" 2>"$d/log" & PID=$!
+		"$bin" serve "$d/v.img" "${extra[@]}" 2>"$d/log" & PID=$!
 		URI="nbd+unix:///?socket=$d/v.img.voltrack/nbd.sock"
 		wait_sock "$d/v.img.voltrack/nbd.sock" ;;
 	nbdkit-file)
@@ -83,6 +92,9 @@ for round in $(seq "$ROUNDS"); do
 		for k in $(seq 0 $((n - 1))); do
 			server=${SERVERS[$(( (k + round) % n ))]}
 			start "$server" "$full"
+			if [ "${BENCH_COLD:-0}" = 1 ]; then
+				sync; echo 1 >/proc/sys/vm/drop_caches
+			fi
 			fio --name="$1" --ioengine=nbd --uri="$URI" --rw="$2" --bs="$3" --iodepth="$4" \
 			    --size="$SIZE" --time_based --runtime="$RT" --ramp_time=1 --numjobs=1 \
 			    --output-format=json --output="$W/$server.$1.$round.json" >/dev/null \
@@ -97,7 +109,9 @@ for round in $(seq "$ROUNDS"); do
 	done
 done
 
+[ "${BENCH_COLD:-0}" = 1 ] && echo "cold page cache: dropped before each job"
 python3 "$HERE/report.py" "$W" "$ROUNDS" "${SERVERS[@]}"
+[ "${BENCH_ONLY:-}" = write-path ] && exit 0
 echo
 "$HERE/tls.sh" "$VOLTRACK" "$SIZE" "$RT" "$ROUNDS"
 echo
