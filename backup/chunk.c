@@ -13,7 +13,13 @@
 
 #include "chunk.h"
 
-#define ZSTD_LEVEL 3
+/*
+ * Level 1, as Proxmox Backup Server uses.  On 64 MiB of shared libraries
+ * here: level 1 packs 2.44x at 366 MB/s, level 3 2.69x at 229 MB/s; on
+ * fio's default write buffers 1.13x either way, at 207 against 113 MB/s.
+ * A backup spends its CPU on compression, so the speed wins.
+ */
+#define ZSTD_LEVEL 1
 
 enum { COMP_NONE = 0, COMP_ZSTD = 1 };
 enum { ENC_NONE = 0, ENC_GCM = 1 };
@@ -47,6 +53,10 @@ void bk_chunk_buf_free(struct bk_chunk_buf *b)
 	free(b->buf);
 	b->buf = NULL;
 	b->cap = 0;
+	ZSTD_freeCCtx(b->cctx);
+	ZSTD_freeDCtx(b->dctx);
+	b->cctx = NULL;
+	b->dctx = NULL;
 }
 
 static int reserve(struct bk_chunk_buf *b, size_t n)
@@ -102,8 +112,10 @@ int bk_chunk_put(struct bk_repo *r, const uint8_t digest[BK_DIGEST_LEN], const v
 	memcpy(hdr, "VTCK", 4);
 	hdr[4] = 1;
 	hdr[5] = COMP_NONE;
+	if (r->compress && !work->cctx && !(work->cctx = ZSTD_createCCtx()))
+		return -ENOMEM;
 	if (r->compress) {
-		size_t z = ZSTD_compress(payload, bound, data, len, ZSTD_LEVEL);
+		size_t z = ZSTD_compressCCtx(work->cctx, payload, bound, data, len, ZSTD_LEVEL);
 		if (!ZSTD_isError(z) && z < len) {
 			hdr[5] = COMP_ZSTD;
 			plen = z;
@@ -228,7 +240,9 @@ int bk_chunk_get(struct bk_repo *r, const uint8_t digest[BK_DIGEST_LEN], void *o
 			return damaged(why, "chunk does not authenticate (damaged or wrong key)");
 	}
 	if (hdr[5] == COMP_ZSTD) {
-		size_t n = ZSTD_decompress(out, cap, payload, clen);
+		if (!work->dctx && !(work->dctx = ZSTD_createDCtx()))
+			return -ENOMEM;
+		size_t n = ZSTD_decompressDCtx(work->dctx, out, cap, payload, clen);
 		if (ZSTD_isError(n) || n != raw)
 			return damaged(why, "chunk does not decompress to its length");
 	} else {

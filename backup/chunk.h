@@ -3,11 +3,12 @@
  * files").
  *
  * bk_chunk_put() stores contents under their digest unless a chunk of
- * that digest exists (a complete file: chunks are renamed into place
- * only after fdatasync); bk_chunk_get() reads one back and checks it
- * whole: header, tag, length and digest.  Both are thread-safe and
- * allocate their working buffers per call through a bk_chunk_buf the
- * caller keeps per thread, so steady-state I/O does not allocate.
+ * that digest exists (a complete file: chunks are written to a temporary
+ * name and renamed into place; bk_repo_sync() makes them durable before
+ * a manifest names them); bk_chunk_get() reads one back and checks it
+ * whole: header, tag, length and digest.  Both are thread-safe and keep
+ * their working buffers and zstd contexts in a bk_chunk_buf the caller
+ * keeps per thread, so steady-state I/O does not allocate.
  * Return 0 or -errno: -ENOENT (no such chunk), -EBADMSG (damaged: the
  * message in why).
  */
@@ -25,6 +26,10 @@
 struct bk_chunk_buf {
 	uint8_t *buf;
 	size_t cap;
+	/* Made on first use, kept: a fresh context per chunk costs more than
+	 * compressing a 64 KiB chunk does. */
+	struct ZSTD_CCtx_s *cctx;
+	struct ZSTD_DCtx_s *dctx;
 };
 
 void bk_chunk_buf_free(struct bk_chunk_buf *b);
