@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "fault.h"
 #include "log.h"
 #include "pause.h"
 
@@ -427,7 +428,9 @@ int vt_snapshots_release(struct vt_snapshots *s, const char *name, struct vt_sna
 	stop_watchdog(s);
 
 	/* durable: only now is the snapshot there to be acknowledged */
-	err = tracker_checkpoints_sync(s->tracker);
+	err = VT_FAULT_POINT("snapshots.release.sync-checkpoints");
+	if (!err)
+		err = tracker_checkpoints_sync(s->tracker);
 	ph->sync_us = mono_us() - t1;
 	if (err) {
 		/* Maybe on disk, maybe not: say durably that it is no
