@@ -70,30 +70,98 @@ static int run_hook(const char *what, const char *cmd, uint64_t deadline_ms)
 
 #define GROUP_MAX 64
 
-static int call(const char *sock, const char *a0, const char *a1, const char *a2,
-		const char *a3)
+/*
+ * One step of a group on one volume's server: its exit status (1 when no
+ * server answers), with its whole answer in *text (the caller frees it;
+ * NULL when there was no memory for it).  Answers are kept, not shown:
+ * the group reports once, for all its volumes.
+ */
+static int step(const char *sock, char **text, const char *a0, const char *a1,
+		const char *a2, const char *a3)
 {
 	char *argv[] = { (char *)a0, (char *)a1, (char *)a2, (char *)a3, NULL };
 	int argc = a2 ? (a3 ? 4 : 3) : 2;
-	int r = ctl_client_call(sock, argc, argv);
+	size_t len;
+	FILE *to = open_memstream(text, &len);
 
+	if (!to) {
+		*text = NULL;
+		return 1;
+	}
+	int r = ctl_client_call_to(sock, argc, argv, to);
 	if (r < 0)
-		fprintf(stderr, "voltrack: no server answers on %s (%s); a group snapshot needs "
-			"each volume served\n", sock, strerror(-r));
+		fprintf(to, "no server answers on %s (%s); a group snapshot needs each volume "
+			"served", sock, strerror(-r));
+	fclose(to);
 	return r < 0 ? 1 : r;
+}
+
+/* A server's answer as a reason within one line: its first line, without
+ * the "voltrack: " every message starts with. */
+static const char *reason(char *text)
+{
+	static const char prefix[] = "voltrack: ";
+
+	if (!text)
+		return "out of memory";
+	text[strcspn(text, "\n")] = '\0';
+	if (!strncmp(text, prefix, sizeof(prefix) - 1))
+		text += sizeof(prefix) - 1;
+	return *text ? text : "no reason given";
+}
+
+/* Whether the server's checkpoint list still names NAME: 1, 0, or -1
+ * when it cannot tell. */
+static int still_listed(const char *sock, const char *name)
+{
+	char *text, key[CKPT_NAME_MAX + 16];
+	int r = step(sock, &text, "list", "--json", NULL, NULL);
+
+	snprintf(key, sizeof(key), "\"name\":\"%s\"", name);
+	r = r || !text ? -1 : strstr(text, key) != NULL;
+	free(text);
+	return r;
+}
+
+/* Take back what a failed group left on each volume, snapshot and
+ * checkpoint alike: a group checkpoint on some volumes only would let
+ * an incremental backup mix instants.  Returns how many could not. */
+static int forget_everywhere(char **socks, int nvols, const char *name, int *first_kept)
+{
+	int kept = 0;
+
+	*first_kept = -1;
+	for (int i = 0; i < nvols; i++) {
+		char *text;
+		/* A volume whose hold timed out has nothing to delete: the
+		 * name is gone, which is what this is for. */
+		if (step(socks[i], &text, "delete", name, "--forget", NULL) &&
+		    still_listed(socks[i], name) != 0) {
+			if (!kept++)
+				*first_kept = i;
+		}
+		free(text);
+	}
+	return kept;
 }
 
 /*
  * Several volumes at one instant: every server holds (drained), then
  * each commits, then each releases, so that no write admitted after
- * any volume's instant precedes another's.  If any step fails, every
- * volume's hold is aborted, commits taken back, and nothing is kept.
+ * any volume's instant precedes another's.  If a hold or a commit
+ * fails, every volume's hold is aborted, commits taken back, and
+ * nothing is kept.  If a release cannot make its commit durable, the
+ * snapshot and checkpoint are deleted on every volume.  Either way the
+ * command fails with one line naming the first volume that failed, and
+ * why.
  */
 static int group_snapshot(const char **vols, int nvols, const char *name, const char *meta,
 			  uint64_t deadline, bool json)
 {
-	char *socks[GROUP_MAX] = { 0 };
-	int status = 0, held = 0, committed = 0;
+	char *socks[GROUP_MAX] = { 0 }, *answers[GROUP_MAX] = { 0 };
+	char *why = NULL;
+	const char *what = NULL;
+	int status = 0, held = 0, committed = 0, bad = -1;
 
 	if (meta && nvols > 1)
 		return cli_usage("snapshot", "--meta names one directory: it cannot go with "
@@ -104,58 +172,77 @@ static int group_snapshot(const char **vols, int nvols, const char *name, const 
 		char *m = NULL;
 		int err = volume_probe(vols[i], &kind, &size);
 		if (err)
-			status = cli_fail("cannot open %s: %s", vols[i], strerror(-err));
+			status = cli_fail("cannot open %s: %s; no hold was taken, nothing kept",
+					  vols[i], strerror(-err));
 		else if (cli_meta_path(vols[i], meta, kind, &m))
 			status = 1;
 		else if (asprintf(&socks[i], "%s/%s", m, CTL_SOCKET_NAME) < 0)
 			status = cli_fail("out of memory");
 		free(m);
 	}
-	for (; !status && held < nvols; held++) {
+	for (; !status && !what && held < nvols; held++) {
 		uint64_t now = mono_ms();
 		char ms[24];
 		snprintf(ms, sizeof(ms), "%llu",
 			 (unsigned long long)(now < deadline ? deadline - now : 1));
-		status = call(socks[held], "snapshot-hold", name, ms, NULL);
-		if (status)
-			fprintf(stderr, "voltrack: group snapshot '%s': %s could not be held\n",
-				name, vols[held]);
-	}
-	if (status)
-		held--; /* the one that failed holds nothing */
-	for (; !status && committed < held; committed++)
-		status = call(socks[committed], "snapshot-commit", name, NULL, NULL);
-	if (status) {
-		for (int i = 0; i < held; i++)
-			call(socks[i], "snapshot-abort", name, NULL, NULL);
-		fprintf(stderr, "voltrack: group snapshot '%s' failed: nothing kept on any "
-			"volume\n", name);
-	} else {
-		int failed = 0;
-		for (int i = 0; i < nvols; i++)
-			if (call(socks[i], "snapshot-release", name, json ? "--json" : NULL, NULL))
-				failed++;
-		if (failed) {
-			/* A commit that could not be made durable: the others
-			 * would stand alone, so they go too, checkpoints and
-			 * all: a group checkpoint on some volumes only would
-			 * let an incremental backup mix instants. */
-			int kept = 0;
-			for (int i = 0; i < nvols; i++)
-				if (call(socks[i], "delete", name, "--forget", NULL))
-					kept++;
-			if (kept)
-				status = cli_fail("group snapshot '%s': %d volume(s) could not make "
-						  "it durable, and %d of the %d could not delete it: "
-						  "delete it with 'voltrack delete VOLUME %s --forget'",
-						  name, failed, kept, nvols, name);
-			else
-				status = cli_fail("group snapshot '%s': %d volume(s) could not make "
-						  "it durable; nothing kept on any volume", name, failed);
+		if (step(socks[held], &why, "snapshot-hold", name, ms, NULL)) {
+			what = "could not be held";
+			bad = held--; /* the one that failed holds nothing */
+		} else {
+			free(why);
+			why = NULL;
 		}
 	}
-	for (int i = 0; i < nvols; i++)
+	for (; !status && !what && committed < held; committed++) {
+		if (step(socks[committed], &why, "snapshot-commit", name, NULL, NULL)) {
+			what = "could not commit it";
+			bad = committed;
+		} else {
+			free(why);
+			why = NULL;
+		}
+	}
+	if (!status && what) {
+		for (int i = 0; i < held; i++) {
+			char *text;
+			step(socks[i], &text, "snapshot-abort", name, NULL, NULL);
+			free(text);
+		}
+		status = cli_fail("group snapshot '%s' failed: %s %s (%s); nothing kept on any "
+				  "volume", name, vols[bad], what, reason(why));
+	} else if (!status) {
+		int failed = 0;
+		for (int i = 0; i < nvols; i++)
+			if (step(socks[i], &answers[i], "snapshot-release", name,
+				 json ? "--json" : NULL, NULL) && !failed++)
+				bad = i;
+		if (!failed) {
+			for (int i = 0; i < nvols; i++)
+				fputs(answers[i] ? answers[i] : "", stdout);
+		} else {
+			char more[48] = "";
+			int first_kept;
+			int kept = forget_everywhere(socks, nvols, name, &first_kept);
+			if (failed > 1)
+				snprintf(more, sizeof(more), " (and %d more)", failed - 1);
+			if (kept)
+				status = cli_fail("group snapshot '%s' failed: %s could not make it "
+						  "durable (%s)%s, and %d of the %d volumes, %s first, "
+						  "could not delete it: delete it with 'voltrack delete "
+						  "VOLUME %s --forget'", name, vols[bad],
+						  reason(answers[bad]), more, kept, nvols,
+						  vols[first_kept], name);
+			else
+				status = cli_fail("group snapshot '%s' failed: %s could not make it "
+						  "durable (%s)%s; nothing kept on any volume", name,
+						  vols[bad], reason(answers[bad]), more);
+		}
+	}
+	free(why);
+	for (int i = 0; i < nvols; i++) {
 		free(socks[i]);
+		free(answers[i]);
+	}
 	return status;
 }
 

@@ -237,6 +237,11 @@ void ctl_server_stop(struct ctl_server *s)
 
 int ctl_client_call(const char *path, int argc, char **argv)
 {
+	return ctl_client_call_to(path, argc, argv, NULL);
+}
+
+int ctl_client_call_to(const char *path, int argc, char **argv, FILE *to)
+{
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
 	char buf[65536];
 	int fd, status = -1;
@@ -289,13 +294,14 @@ int ctl_client_call(const char *path, int argc, char **argv)
 			status = buf[0] - '0';
 			skip = 1;
 		}
-		if (fwrite(buf + skip, 1, (size_t)n - skip, status ? stderr : stdout)) {
+		if (fwrite(buf + skip, 1, (size_t)n - skip, to ? to : status ? stderr : stdout)) {
 			/* partial output still beats none */
 		}
 	}
 	close(fd);
 	if (status < 0) {
-		fprintf(stderr, "voltrack: the server closed the control connection without answering\n");
+		fprintf(to ? to : stderr,
+			"voltrack: the server closed the control connection without answering\n");
 		return 1;
 	}
 	return status;

@@ -15,6 +15,8 @@
 #ifndef VOLTRACK_CTL_SERVER_H
 #define VOLTRACK_CTL_SERVER_H
 
+#include <stdio.h>
+
 #include "commands.h"
 
 #define CTL_SOCKET_NAME "control.sock"
@@ -31,5 +33,9 @@ void ctl_server_stop(struct ctl_server *s);
  * server answers there.
  */
 int ctl_client_call(const char *path, int argc, char **argv);
+
+/* The same, but the whole answer goes to `to` (NULL: as above), for a
+ * caller that reports several servers' answers as one. */
+int ctl_client_call_to(const char *path, int argc, char **argv, FILE *to);
 
 #endif

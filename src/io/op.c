@@ -221,8 +221,22 @@ static void cow_next(struct vt_op *op);
 
 static void cow_resumed(struct vt_parked *p, int err)
 {
-	(void)err; /* another writer's copy is over, whatever its outcome */
+	/* Another writer's copy is over, or an invalidation is durable (or
+	 * could not be made so: the write goes on all the same, I5). */
+	(void)err;
 	cow_next((struct vt_op *)((char *)p - offsetof(struct vt_op, cow_wait.park)));
+}
+
+/*
+ * The copy could not be made: its snapshots lose, the write goes on
+ * (I5), but not before they are durably invalid.  Claiming the chunk
+ * again waits for that, parked, off this loop's way (snapset.h).
+ */
+static void cow_failed(struct vt_op *op, int err)
+{
+	vt_snapset_publish(op->tgt->snaps, &op->cow, err);
+	op->cow_next = op->cow.chunk;
+	cow_next(op);
 }
 
 static void cow_submit(struct vt_op *op, uint8_t stage, int fd, void *buf, uint64_t len,
@@ -257,9 +271,7 @@ static void cow_io_done(struct vt_op *op, int64_t res)
 	if (res >= 0 && op->stage == VT_STAGE_COW_READ && (uint64_t)res != job->len)
 		res = -EIO; /* the volume shrank under the server */
 	if (res < 0) {
-		/* The snapshot loses, the write goes on (I5). */
-		vt_snapset_publish(set, job, (int)res);
-		cow_next(op);
+		cow_failed(op, (int)res);
 		return;
 	}
 	switch (op->stage) {
@@ -294,13 +306,10 @@ static void mark_resumed(struct vt_parked *p, int err)
 {
 	struct vt_op *op = OP_OF(p, park);
 
-	if (err) {
-		/* No mark, no copy: the snapshot loses, the write goes on. */
-		vt_snapset_publish(op->tgt->snaps, &op->cow, err);
-		cow_next(op);
-	} else {
+	if (err)
+		cow_failed(op, err); /* no mark, no copy */
+	else
 		cow_copy(op);
-	}
 }
 
 /* On the marker's thread: hand the op back to its own loop. */
@@ -323,7 +332,9 @@ static void cow_next(struct vt_op *op)
 			op->cow_next++;
 			continue;
 		case VT_COW_WAIT:
-			return; /* cow_resumed() claims the same chunk again */
+			/* for another writer's copy, or an invalidation:
+			 * cow_resumed() claims the same chunk again */
+			return;
 		case VT_COW_COPY: {
 			op->cow_next++;
 			/* Before its first I/O: the copies-pending mark must be
@@ -333,8 +344,8 @@ static void cow_next(struct vt_op *op)
 			op->park.resume = mark_resumed;
 			int r = diffstore_copy_begin(set->ds, &op->mark_wait);
 			if (r < 0) {
-				vt_snapset_publish(set, &op->cow, r);
-				continue;
+				cow_failed(op, r);
+				return;
 			}
 			if (r == 0)
 				cow_copy(op);

@@ -32,9 +32,10 @@
  * loop.h) and is resumed on its own loop, where the stage that parked
  * it either continues or completes the op with the error that ended
  * the wait.  Three stages park: the gate while a hold lasts, COW while
- * another write copies the same chunk or until the diff store's
- * copies-pending mark is durable (src/snap/marker.h), and tracking until
- * the write's intent region is durable.
+ * another write copies the same chunk, until the diff store's
+ * copies-pending mark is durable (src/snap/marker.h), or until a lost
+ * copy's snapshots are durably invalid (src/snap/invalidator.h), and
+ * tracking until the write's intent region is durable.
  *
  * The stages of a write, in order (op->stage):
  *
@@ -51,7 +52,7 @@
  *          the copy keeps the epochs the blocks had at the snapshot
  *          (TRACK raises them).  Its own I/O is neither gated, tracked
  *          nor copied.  A failed copy invalidates the snapshot, never
- *          the write.
+ *          the write; the write waits, parked, until that is durable.
  *   DATA   the data I/O; WRITE_ZEROES walks down the volume's ladder of
  *          zeroing methods while the kernel says a method is unsupported.
  *   FLUSH  for FUA TRIM and WRITE_ZEROES: a sync once the data is done

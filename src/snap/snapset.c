@@ -1,7 +1,7 @@
 #include "snapset.h"
 
 #include <errno.h>
-#include <sched.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -180,7 +180,7 @@ int vt_snapset_open(struct volume *vol, struct diffstore *ds, const struct chang
 	set->npages = (set->nchunks + PAGE_CHUNKS - 1) >> PAGE_SHIFT;
 	set->chunks = calloc(set->npages ? set->npages : 1, sizeof(*set->chunks));
 	pthread_mutex_init(&set->lock, NULL);
-	pthread_mutex_init(&set->inval_lock, NULL);
+	vt_inval_init(&set->inval, hooks->invalidate, hooks->arg);
 	if (!set->chunks) {
 		vt_snapset_close(set);
 		return -ENOMEM;
@@ -229,6 +229,7 @@ void vt_snapset_close(struct vt_snapset *set)
 {
 	if (!set)
 		return;
+	vt_inval_destroy(&set->inval); /* stores what is queued first */
 	for (uint64_t p = 0; set->chunks && p < set->npages; p++)
 		free(set->chunks[p]);
 	free(set->chunks);
@@ -237,8 +238,12 @@ void vt_snapset_close(struct vt_snapset *set)
 		free(set->pool[i]);
 	free(set->pool);
 	pthread_mutex_destroy(&set->lock);
-	pthread_mutex_destroy(&set->inval_lock);
 	free(set);
+}
+
+int vt_snapset_start_invalidator(struct vt_snapset *set)
+{
+	return vt_inval_start(&set->inval);
 }
 
 uint32_t vt_snapset_next_seq(struct vt_snapset *set)
@@ -354,83 +359,40 @@ uint64_t vt_snapset_used_bytes(struct vt_snapset *set)
 	return n;
 }
 
-typedef char snap_name[CKPT_NAME_MAX + 1];
-
-/* Under the lock: mark every valid snapshot in (lo, hi] invalid; their
- * names go to *names (allocated: a rare path) for the durable step
- * outside the lock. */
-static unsigned invalidate_range(struct vt_snapset *set, uint32_t lo, uint32_t hi,
-				 const char *why, snap_name **out)
+/*
+ * Under the lock: mark every valid snapshot in (lo, hi] invalid, and
+ * queue each for the durable step (invalidator.h).  Queued under the
+ * lock, so that a writer that finds them invalid also finds them queued
+ * and waits for the store before it skips its copy.
+ */
+static void invalidate_range(struct vt_snapset *set, uint32_t lo, uint32_t hi, const char *why)
 {
-	snap_name *names = calloc(CKPT_MAX, sizeof(snap_name));
-	unsigned n = 0;
-
-	*out = names;
-
 	for (unsigned i = 0; i < set->nsnaps; i++) {
 		struct vt_snap *s = &set->snaps[i];
 		if (s->seq <= lo || s->seq > hi || !s->valid)
 			continue;
 		s->valid = false;
-		s->inval_pending = true;
 		snprintf(s->why, SNAP_WHY_MAX, "%s", why);
-		if (names)
-			memcpy(names[n], s->name, CKPT_NAME_MAX + 1);
-		n++;
+		vt_inval_queue(&set->inval, s->name, why);
 	}
-	return n;
 }
 
-static bool pending_in(const struct vt_snapset *set, uint32_t lo, uint32_t hi)
+/* On the thread that made the invalidations durable: hand the writer
+ * back to its own loop, where it claims its chunk again. */
+static void inval_ready(struct vt_inval_wait *iw, int err)
 {
-	for (unsigned i = 0; i < set->nsnaps; i++) {
-		const struct vt_snap *s = &set->snaps[i];
-		if (s->seq > lo && s->seq <= hi && s->inval_pending)
-			return true;
-	}
-	return false;
+	struct vt_cow_wait *w = (struct vt_cow_wait *)((char *)iw -
+						       offsetof(struct vt_cow_wait, inval));
+
+	vt_loop_resume(w->loop, &w->park, err);
 }
 
-static void persist_one(struct vt_snapset *set, const char *name, const char *why);
-
-/*
- * Make the invalidations in names durable, then let the writers that
- * wait on them go: until a snapshot's invalidity is on disk no write
- * may skip the copy it would have needed, or a kill -9 now could bring
- * the snapshot back valid with that write in it.
- */
-static void persist_invalid(struct vt_snapset *set, snap_name *names, unsigned n,
-			    const char *why)
+/* Under the lock: VT_COW_WAIT when w must wait for invalidations on
+ * their way to the disk, else VT_COW_NONE. */
+static enum vt_cow_claim skip_copy(struct vt_snapset *set, struct vt_cow_wait *w)
 {
-	pthread_mutex_lock(&set->inval_lock);
-	for (unsigned i = 0; names && i < n; i++)
-		persist_one(set, names[i], why);
-	pthread_mutex_lock(&set->lock);
-	for (unsigned i = 0; i < set->nsnaps; i++) {
-		struct vt_snap *s = &set->snaps[i];
-		for (unsigned k = 0; names && k < n; k++)
-			if (!strcmp(s->name, names[k]))
-				s->inval_pending = false;
-		if (!names)
-			s->inval_pending = false; /* nothing to wait for: it never comes */
-	}
-	pthread_mutex_unlock(&set->lock);
-	pthread_mutex_unlock(&set->inval_lock);
-	if (!names && n)
-		vt_error("%u snapshot(s) are no longer valid (%s), but there is no memory "
-			 "to record it durably", n, why);
-	free(names);
-}
-
-static void persist_one(struct vt_snapset *set, const char *name, const char *why)
-{
-	vt_error("snapshot '%s' is no longer valid: %s; the volume's writes go on", name, why);
-	if (set->hooks.invalidate) {
-		int err = set->hooks.invalidate(set->hooks.arg, name, why);
-		if (err)
-			vt_error("cannot record that snapshot '%s' is invalid: %s; after a crash "
-				 "it could come back as valid", name, strerror(-err));
-	}
+	w->inval.ready = inval_ready;
+	return vt_inval_wait(&set->inval, &w->inval) ? VT_COW_WAIT : VT_COW_NONE;
 }
 
 static void *pool_get(struct vt_snapset *set)
@@ -455,11 +417,6 @@ static void pool_put(struct vt_snapset *set, void *buf)
 enum vt_cow_claim vt_snapset_claim(struct vt_snapset *set, uint64_t chunk,
 				   struct vt_cow_wait *w, struct vt_cow_job *job)
 {
-	snap_name *names = NULL;
-	const char *why = NULL;
-	unsigned nbad = 0;
-
-again:
 	pthread_mutex_lock(&set->lock);
 	uint32_t latest = atomic_load_explicit(&set->latest, memory_order_relaxed);
 	uint32_t v = chunk_get(set, chunk);
@@ -477,17 +434,12 @@ again:
 		return VT_COW_NONE;
 	}
 	if (!live_in(set, prev_hi, latest, true)) {
-		bool wait = pending_in(set, prev_hi, latest);
+		/* No valid snapshot needs the copy; but until the snapshots that
+		 * did are durably invalid, the chunk must not change (a rare
+		 * path: whatever is queued is waited for, not just these). */
+		enum vt_cow_claim r = skip_copy(set, w);
 		pthread_mutex_unlock(&set->lock);
-		if (!wait)
-			return VT_COW_NONE;
-		/* No valid snapshot needs the copy, but an invalidation is not
-		 * yet durable: wait for it (a rare path; it blocks this loop
-		 * for the length of one metadata store). */
-		pthread_mutex_lock(&set->inval_lock);
-		pthread_mutex_unlock(&set->inval_lock);
-		sched_yield();
-		goto again;
+		return r;
 	}
 	uint32_t *word = chunk_word(set, chunk, true);
 	uint32_t slot;
@@ -500,12 +452,13 @@ again:
 		err = -ENOMEM;
 	}
 	if (err) {
-		why = err == -ENOSPC ? "the diff store is full" : "no memory for a copy";
-		nbad = invalidate_range(set, prev_hi, latest, why, &names);
+		invalidate_range(set, prev_hi, latest, err == -ENOSPC ? "the diff store is full" :
+							"no memory for a copy");
 		set->copy_failures++;
+		enum vt_cow_claim r = skip_copy(set, w);
 		pthread_mutex_unlock(&set->lock);
-		persist_invalid(set, names, nbad, why);
-		return VT_COW_NONE;
+		vt_inval_run(&set->inval);
+		return r;
 	}
 	*word |= COPYING;
 	job->chunk = chunk;
@@ -530,10 +483,8 @@ again:
 
 void vt_snapset_publish(struct vt_snapset *set, struct vt_cow_job *job, int err)
 {
-	snap_name *names = NULL;
 	char why[SNAP_WHY_MAX];
 	struct vt_cow_wait *wake = NULL, **at;
-	unsigned nbad = 0;
 
 	pthread_mutex_lock(&set->lock);
 	uint32_t *word = chunk_word(set, job->chunk, false);
@@ -553,7 +504,7 @@ void vt_snapset_publish(struct vt_snapset *set, struct vt_cow_job *job, int err)
 		diffstore_free(set->ds, job->slot);
 		snprintf(why, sizeof(why), "copying a chunk into the diff store failed: %s",
 			 strerror(-err));
-		nbad = invalidate_range(set, job->rec.lo, job->rec.hi, why, &names);
+		invalidate_range(set, job->rec.lo, job->rec.hi, why);
 		set->copy_failures++;
 	}
 	pool_put(set, job->buf);
@@ -571,7 +522,7 @@ void vt_snapset_publish(struct vt_snapset *set, struct vt_cow_job *job, int err)
 	}
 	pthread_mutex_unlock(&set->lock);
 	if (err)
-		persist_invalid(set, names, nbad, why);
+		vt_inval_run(&set->inval);
 	while (wake) {
 		struct vt_cow_wait *w = wake;
 		wake = w->next;

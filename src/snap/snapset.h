@@ -26,10 +26,15 @@
  *     its loop after the publish, and must claim the chunk again).
  *   - Whatever fails on the way (no room in the diff store, an I/O
  *     error) invalidates the snapshots the copy was for and never the
- *     write: the caller goes on with its write (invariant I5).  The
- *     invalidation is made durable through hooks->invalidate before the
- *     claim returns, so no restart finds a snapshot valid that lacks a
- *     copy.
+ *     write: the caller goes on with its write (invariant I5).  It goes
+ *     on only once the invalidation is durable (hooks->invalidate), so
+ *     that no restart finds a snapshot valid that lacks a copy: until
+ *     then a claim of a chunk that no valid snapshot needs any more
+ *     answers WAIT, and the writer is resumed once it is durable (on
+ *     the invalidator's thread, see invalidator.h, or right away when
+ *     none was started).  A copier whose copy failed publishes the
+ *     failure and claims the same chunk again, which parks it the same
+ *     way.  Nothing blocks the loop meanwhile.
  *   - Snapshot reads look chunks up with vt_snapset_lookup(), after
  *     reading the volume (see snapexport.c for why that order is safe).
  *   - Adding and removing snapshots happens on the control thread with
@@ -46,6 +51,7 @@
 #include "changemap.h"
 #include "checkpoints.h"
 #include "diffstore.h"
+#include "invalidator.h"
 #include "loop.h"
 
 struct volume;
@@ -57,7 +63,6 @@ struct vt_snap {
 	uint32_t seq;
 	uint8_t epoch;			/* the checkpoint of the same name closed it */
 	bool valid;
-	bool inval_pending;		/* invalid in memory, not yet durably */
 	char name[CKPT_NAME_MAX + 1];
 	char why[SNAP_WHY_MAX];		/* why it is invalid */
 	uint64_t created;
@@ -69,12 +74,14 @@ struct vt_snapset_hooks {
 	int (*invalidate)(void *arg, const char *name, const char *why);
 };
 
-/* A writer waiting for another writer's copy of a chunk. */
+/* A writer waiting for another writer's copy of a chunk, or for an
+ * invalidation to be durable. */
 struct vt_cow_wait {
 	struct vt_parked park;		/* in: resume */
 	struct vt_loop *loop;		/* in */
 	uint64_t chunk;			/* set-private */
 	struct vt_cow_wait *next;
+	struct vt_inval_wait inval;	/* set-private */
 };
 
 /* One copy in progress: what vt_snapset_claim() hands its copier. */
@@ -102,9 +109,9 @@ struct vt_snapset {
 	uint64_t nchunks;
 	atomic_uint latest;		/* newest live snapshot's seq; 0: none */
 
-	/* Held while an invalidation is made durable; a writer that finds
-	 * one under way waits on it (see vt_snapset_claim). */
-	pthread_mutex_t inval_lock;
+	/* Makes invalidations durable; writers that must not skip a copy
+	 * before they are wait on it (see vt_snapset_claim). */
+	struct vt_invalidator inval;
 	pthread_mutex_t lock;		/* everything below */
 	uint32_t **chunks;		/* page of chunk -> newest copy's slot+1 */
 	uint64_t npages;
@@ -134,6 +141,11 @@ int vt_snapset_open(struct volume *vol, struct diffstore *ds, const struct chang
 		    unsigned nsnaps, struct vt_snapset **out);
 void vt_snapset_close(struct vt_snapset *set);
 
+/* From now on, invalidations are made durable on a thread of their own
+ * (invalidator.h), not on the loop of the writer that met the failure.
+ * Before any write; vt_snapset_close() stops it. */
+int vt_snapset_start_invalidator(struct vt_snapset *set);
+
 static inline bool vt_snapset_active(const struct vt_snapset *set)
 {
 	return set && atomic_load_explicit(&set->latest, memory_order_relaxed) != 0;
@@ -157,7 +169,9 @@ uint64_t vt_snapset_used_bytes(struct vt_snapset *set);
 
 enum vt_cow_claim vt_snapset_claim(struct vt_snapset *set, uint64_t chunk,
 				   struct vt_cow_wait *w, struct vt_cow_job *job);
-/* The copy is in the store and its record written (err 0), or failed. */
+/* The copy is in the store and its record written (err 0), or failed:
+ * then its snapshots are invalid, and the copier claims the chunk again
+ * before it may write it (see above). */
 void vt_snapset_publish(struct vt_snapset *set, struct vt_cow_job *job, int err);
 
 /*

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "fault.h"
 #include "log.h"
 #include "pause.h"
 
@@ -25,8 +26,13 @@ static uint64_t mono_us(void)
 static int mark_invalid(void *arg, const char *name, const char *why)
 {
 	struct vt_snapshots *s = arg;
+	struct checkpoint c;
 
 	(void)why;
+	/* Stored off the loops, a while after the loss: a snapshot deleted
+	 * meanwhile leaves a plain checkpoint, which has nothing to lose. */
+	if (tracker_checkpoint_find(s->tracker, name, &c) || !(c.flags & CKPT_F_SNAPSHOT))
+		return 0;
 	return tracker_set_flags(s->tracker, name, CKPT_F_INVALID, 0);
 }
 
@@ -176,6 +182,8 @@ int vt_snapshots_open(struct metadir *md, struct tracker *t, struct volume *vol,
 			.translated = epochs_translated, .done = epochs_renumbered, .arg = s });
 	if (!err && live)
 		err = diffstore_start_marker(s->ds);
+	if (!err && live)
+		err = vt_snapset_start_invalidator(s->set);
 	if (!err && live) {
 		err = -pthread_create(&s->keeper, NULL, keeper_main, s);
 		s->keeper_running = !err;
@@ -427,7 +435,9 @@ int vt_snapshots_release(struct vt_snapshots *s, const char *name, struct vt_sna
 	stop_watchdog(s);
 
 	/* durable: only now is the snapshot there to be acknowledged */
-	err = tracker_checkpoints_sync(s->tracker);
+	err = VT_FAULT_POINT("snapshots.release.sync-checkpoints");
+	if (!err)
+		err = tracker_checkpoints_sync(s->tracker);
 	ph->sync_us = mono_us() - t1;
 	if (err) {
 		/* Maybe on disk, maybe not: say durably that it is no

@@ -41,7 +41,8 @@ class Failures:
 class Server:
     """A voltrack volume and a running server on it."""
 
-    def __init__(self, size=64 << 20, extra=(), volume=None, init=True, granularity=None):
+    def __init__(self, size=64 << 20, extra=(), volume=None, init=True, granularity=None,
+                 binary=None, env=None):
         self.dir = tempfile.mkdtemp(prefix="voltrack-it-")
         self.volume = volume or os.path.join(self.dir, "disk.img")
         self.meta = self.volume + ".voltrack"
@@ -56,14 +57,17 @@ class Server:
                 args += ["--granularity", granularity]
             subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
         self.extra = list(extra)
+        # The server's binary and extra environment (a test build, say).
+        self.binary = binary or VOLTRACK
+        self.env = dict(os.environ, **env) if env else None
         self.proc = None
 
     def start(self):
         self.log = open(self.log_path, "ab")
         mark = self.log.tell()
         self.proc = subprocess.Popen(
-            [VOLTRACK, "serve", self.volume, "--io-engine", ENGINE] + self.extra,
-            stderr=self.log)
+            [self.binary, "serve", self.volume, "--io-engine", ENGINE] + self.extra,
+            stderr=self.log, env=self.env)
         deadline = time.time() + 10
         while time.time() < deadline:
             if self.proc.poll() is not None:
