@@ -35,7 +35,8 @@ struct rjob {
 	const struct bk_manifest *m;
 	const char *target;
 	enum kind kind;
-	int fd;
+	int fd;			/* a file or a block device: what is written */
+	unsigned sector;	/* a block device's logical block size */
 	bool reading;		/* the verify pass */
 	atomic_uint_least64_t next;
 	atomic_uint_least64_t written, zeroed;
@@ -242,6 +243,65 @@ static int run(struct rjob *j, unsigned jobs)
 	return j->fail.err;
 }
 
+static bool blk_read_only(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC), ro = 0;
+
+	if (fd < 0)
+		return false;
+	if (ioctl(fd, BLKROGET, &ro))
+		ro = 0;
+	close(fd);
+	return ro;
+}
+
+/*
+ * A block device: opened exclusively, so that one that is mounted or
+ * held by another program (a RAID member, a loop's backing device, a
+ * device another restore writes) is refused rather than overwritten
+ * under it; not read-only; at least the backup's size.  Nothing is
+ * written before all three hold.  A larger device's tail is left as
+ * it is.
+ */
+static int open_blk(struct rjob *j)
+{
+	const struct bk_manifest *m = j->m;
+	uint64_t size;
+	int ro = 0, sector = 0, err;
+
+	j->fd = open(j->target, O_RDWR | O_EXCL | O_CLOEXEC);
+	if (j->fd < 0) {
+		err = -errno;
+		if (err == -EBUSY)
+			rfail(j, err, "cannot restore to %s: it is in use (mounted, or open "
+			      "exclusively by another program)", j->target);
+		else if ((err == -EROFS || err == -EACCES || err == -EPERM) &&
+			 blk_read_only(j->target))
+			rfail(j, err = -EROFS, "cannot restore to %s: the device is read-only",
+			      j->target);
+		else
+			rfail(j, err, "cannot open %s: %s", j->target, strerror(-err));
+		return err;
+	}
+	if (ioctl(j->fd, BLKROGET, &ro) || ioctl(j->fd, BLKGETSIZE64, &size) ||
+	    ioctl(j->fd, BLKSSZGET, &sector)) {
+		err = -errno;
+		rfail(j, err, "cannot get the size of %s: %s", j->target, strerror(-err));
+		return err;
+	}
+	if (ro) {
+		rfail(j, -EROFS, "cannot restore to %s: the device is read-only", j->target);
+		return -EROFS;
+	}
+	if (size < m->size) {
+		rfail(j, -ENOSPC, "%s is smaller (%llu bytes) than backup %s (%llu)",
+		      j->target, (unsigned long long)size, m->id, (unsigned long long)m->size);
+		return -ENOSPC;
+	}
+	j->sector = sector > 0 ? (unsigned)sector : 512;
+	return 0;
+}
+
 /* Open the target and check its size. */
 static int open_target(struct rjob *j)
 {
@@ -267,21 +327,8 @@ static int open_target(struct rjob *j)
 		return err;
 	}
 	if (stat(j->target, &st) == 0 && S_ISBLK(st.st_mode)) {
-		uint64_t size;
 		j->kind = T_BLOCK;
-		j->fd = open(j->target, O_RDWR | O_CLOEXEC);
-		if (j->fd < 0 || ioctl(j->fd, BLKGETSIZE64, &size)) {
-			int err = -errno;
-			rfail(j, err, "cannot open %s: %s", j->target, strerror(-err));
-			return err;
-		}
-		if (size < m->size) {
-			rfail(j, -ENOSPC, "%s is smaller (%llu bytes) than backup %s (%llu)",
-			      j->target, (unsigned long long)size, m->id,
-			      (unsigned long long)m->size);
-			return -ENOSPC;
-		}
-		return 0;
+		return open_blk(j);
 	}
 	j->kind = T_FILE;
 	j->fd = open(j->target, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -313,6 +360,7 @@ int bk_restore(struct bk_repo *r, const struct bk_manifest *m, const char *targe
 	j->m = m;
 	j->target = target;
 	j->fd = -1;
+	j->sector = 1;
 	j->prog = prog;
 	bk_joberr_init(&j->fail);
 	/* Refuse before touching the target when chunks are missing. */

@@ -10,8 +10,9 @@ instant (compared with cmp to the device and to its backing file) and
 the stale bytes the test wrote.
 
 Cases: a full and an incremental backup restored over stale data
-(exact); --verify; a device smaller than the backup is refused with one
-line before anything is written; a larger one keeps its tail;
+(exact); --verify; a device smaller than the backup, a read-only one, and
+one held open exclusively (as a mounted one is) are refused with one line
+before anything is written; a larger one keeps its tail;
 serve-backup's export through nbdfuse and a read-only loop device reads
 as the reference; a device whose every request fails with EIO (nbdkit's
 error filter under nbdfuse) fails the restore in one line.
@@ -357,6 +358,10 @@ def main():
              lambda: over_stale(b, loops, b.incr, verify=True)),
             ("a smaller device", lambda: refused(b, loops, "a smaller device", SIZE - MIB,
                                                  "smaller")),
+            ("a read-only device", lambda: refused(b, loops, "a read-only device", SIZE,
+                                                   "read-only", readonly=True)),
+            ("a device held exclusively",
+             lambda: refused(b, loops, "a device held exclusively", SIZE, "in use", hold=True)),
             ("a larger device", lambda: larger(b, loops)),
         ]
         if have_fuse():
