@@ -51,16 +51,13 @@ static int nbd_err(void)
 	return nbd_get_errno() ? -nbd_get_errno() : -EIO;
 }
 
-/* All of len bytes to or from the target at off: NBD, or the file. */
-static int xfer(struct rjob *j, struct nbd_handle *h, void *buf, uint64_t len, uint64_t off,
-		bool out)
+/* All of len bytes to or from fd at off. */
+static int fdio(int fd, void *buf, uint64_t len, uint64_t off, bool out)
 {
-	if (h)
-		return (out ? nbd_pwrite(h, buf, len, off, 0) : nbd_pread(h, buf, len, off, 0)) ?
-			nbd_err() : 0;
 	char *p = buf;
+
 	while (len) {
-		ssize_t n = out ? pwrite(j->fd, p, len, (off_t)off) : pread(j->fd, p, len, (off_t)off);
+		ssize_t n = out ? pwrite(fd, p, len, (off_t)off) : pread(fd, p, len, (off_t)off);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
@@ -75,28 +72,21 @@ static int xfer(struct rjob *j, struct nbd_handle *h, void *buf, uint64_t len, u
 static int put(struct rjob *j, struct nbd_handle *h, const void *buf, uint64_t len,
 	       uint64_t off)
 {
-	return xfer(j, h, (void *)buf, len, off, true);
+	if (h)
+		return nbd_pwrite(h, buf, len, off, 0) ? nbd_err() : 0;
+	return fdio(j->fd, (void *)buf, len, off, true);
 }
 
 static int get(struct rjob *j, struct nbd_handle *h, void *buf, uint64_t len, uint64_t off)
 {
-	return xfer(j, h, buf, len, off, false);
+	if (h)
+		return nbd_pread(h, buf, len, off, 0) ? nbd_err() : 0;
+	return fdio(j->fd, buf, len, off, false);
 }
 
-/* Make [off, off + len) read as zeroes.  A fresh file already does. */
-static int zero(struct rjob *j, struct nbd_handle *h, uint64_t off, uint64_t len, void *zbuf)
+static int put_zeroes(struct rjob *j, struct nbd_handle *h, uint64_t off, uint64_t len,
+		      const void *zbuf)
 {
-	if (j->kind == T_FILE || !len)
-		return 0;
-	atomic_fetch_add(&j->zeroed, len);
-	if (h && nbd_can_zero(h) == 1)
-		return nbd_zero(h, len, off, 0) ? nbd_err() : 0;
-	if (!h) {
-		uint64_t range[2] = { off, len };
-		if (ioctl(j->fd, BLKZEROOUT, range) == 0)
-			return 0;
-	}
-	/* Neither can zero: write them. */
 	for (uint64_t p = 0; p < len; p += BLOCK * 16) {
 		uint64_t n = len - p < BLOCK * 16 ? len - p : BLOCK * 16;
 		int err = put(j, h, zbuf, n, off + p);
@@ -104,6 +94,51 @@ static int zero(struct rjob *j, struct nbd_handle *h, uint64_t off, uint64_t len
 			return err;
 	}
 	return 0;
+}
+
+/*
+ * Zero [off, off + len) of a block device without writing it from here.
+ * fallocate(PUNCH_HOLE) asks for zeroes the device may deallocate (a
+ * thin or loop device stays sparse) and fails rather than have the
+ * kernel write them; BLKZEROOUT then zeroes however the device can,
+ * writing zeroes if it must.  BLKDISCARD is never used: a discard
+ * promises nothing about what reads return after it (BLKDISCARDZEROES
+ * is 0 on every current kernel).  Both requests drop the range from
+ * the page cache.  -EOPNOTSUPP: neither can; the caller writes zeroes.
+ */
+static int blk_zero(int fd, uint64_t off, uint64_t len)
+{
+	uint64_t range[2] = { off, len };
+
+	if (!fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len))
+		return 0;
+	if (errno != EOPNOTSUPP && errno != EINVAL)
+		return -errno;
+	if (!ioctl(fd, BLKZEROOUT, range))
+		return 0;
+	return errno == EOPNOTSUPP || errno == EINVAL || errno == ENOTTY ? -EOPNOTSUPP : -errno;
+}
+
+/*
+ * Make [off, off + len) read as zeroes.  A fresh file already does.  A
+ * range of a device that is not whole logical blocks (only the tail of
+ * a backup whose size is not a multiple of one) is written.
+ */
+static int zero(struct rjob *j, struct nbd_handle *h, uint64_t off, uint64_t len, void *zbuf)
+{
+	int err = -EOPNOTSUPP;
+
+	if (j->kind == T_FILE || !len)
+		return 0;
+	if (h && nbd_can_zero(h) == 1)
+		err = nbd_zero(h, len, off, 0) ? nbd_err() : 0;
+	else if (!h && !((off | len) % j->sector))
+		err = blk_zero(j->fd, off, len);
+	if (err == -EOPNOTSUPP)
+		err = put_zeroes(j, h, off, len, zbuf);
+	if (!err)
+		atomic_fetch_add(&j->zeroed, len);
+	return err;
 }
 
 /* Write buf (chunk at off) as runs of data and of zero blocks. */

@@ -6,13 +6,14 @@ each filled beforehand with stale non-zero bytes, so that a restore that
 skips a hole or a zero range (as it may for a fresh sparse file) leaves
 stale bytes behind and is caught.  Every check is against the test's own
 references: a sparse copy of the volume file taken at each backup's
-instant (compared with cmp to the device and to its backing file) and
-the stale bytes the test wrote.
+instant (compared with cmp to the device and to its backing file), the
+stale bytes the test wrote and the backing file's allocation.
 
 Cases: a full and an incremental backup restored over stale data
-(exact); --verify; a device smaller than the backup, a read-only one, and
-one held open exclusively (as a mounted one is) are refused with one line
-before anything is written; a larger one keeps its tail;
+(exact; the backing file sparse again where the backup has zeroes);
+--verify; a device smaller than the backup, a read-only one, and one held
+open exclusively (as a mounted one is) are refused with one line before
+anything is written; a larger one keeps its tail;
 serve-backup's export through nbdfuse and a read-only loop device reads
 as the reference; a device whose every request fails with EIO (nbdkit's
 error filter under nbdfuse) fails the restore in one line.
@@ -189,12 +190,19 @@ def over_stale(b, loops, bid, verify=False):
     F.check(0 < len(zeros) < SIZE // BLOCK, f"{what}: premise: the reference has holes and data")
     F.equal(len(zeros & zero_blocks(before)), 0,
             f"{what}: premise: stale data is non-zero where the backup is zero")
+    F.check(os.stat(path).st_blocks * 512 >= SIZE, f"{what}: premise: the backing file is full")
     p = restore(b.repo, bid, dev, *(["--verify"] if verify else []))
     if F.equal(p.returncode, 0, f"{what}: succeeds: {p.stderr}"):
         F.equal(run("cmp", dev, b.refs[bid], check=False).returncode, 0,
                 f"{what}: the device equals the copy taken at the backup")
         F.equal(run("cmp", path, b.refs[bid], check=False).returncode, 0,
                 f"{what}: so does the loop device's backing file")
+        # Zero ranges were zeroed by a request the device may unmap, not
+        # written as zeroes: the backing file is sparse again.
+        data = SIZE - len(zeros) * BLOCK
+        alloc = os.stat(path).st_blocks * 512
+        F.check(alloc <= data + 256 * 1024,
+                f"{what}: backing file allocated {alloc} bytes, data {data}")
         if verify:
             F.check("verified" in p.stdout, f"{what}: says it verified: {p.stdout!r}")
     loops.detach(dev)
