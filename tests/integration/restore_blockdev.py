@@ -38,7 +38,7 @@ import time
 from harness import VOLTRACK, Failures, Server
 
 F = Failures()
-SIZE = 32 << 20
+SIZE = 16 << 20
 MIB = 1 << 20
 BLOCK = 4096
 ENV = dict(os.environ, PATH="/usr/bin:/bin:/usr/sbin:/sbin")
@@ -156,10 +156,10 @@ class Backups:
         uri = self.srv.uri
         # Data chunks that hold zero runs, whole-hole chunks, the last chunk.
         qemu_io(uri, "write -P 1 0 3M", "write -P 2 5251072 64k", "write -P 3 12M 1M",
-                "write -P 4 32509952 4k")
+                "write -P 4 15732736 4k")
         self.full = self.backup(work, "full")
         # A data chunk that becomes a hole, zero ranges inside data, new data.
-        qemu_io(uri, "discard 12M 1M", "write -P 5 1052672 8k", "write -P 6 20M 2M",
+        qemu_io(uri, "discard 12M 1M", "write -P 5 1052672 8k", "write -P 6 9M 2M",
                 "discard 0 64k")
         self.incr = self.backup(work, "incremental")
 
@@ -230,7 +230,7 @@ def refused(b, loops, what, size, want, readonly=False, hold=False):
 def larger(b, loops):
     """A larger device: the backup's size is restored, the tail is kept."""
     what = "restore to a larger device"
-    extra = 8 * MIB
+    extra = 4 * MIB
     dev, path = loops.attach(SIZE + extra)
     tail = read_dev(dev, SIZE)
     F.equal(len(tail), extra, f"{what}: premise: the device is larger")
