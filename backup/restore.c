@@ -36,6 +36,8 @@ struct rjob {
 	const char *target;
 	enum kind kind;
 	int fd;			/* a file or a block device: what is written */
+	int rfd;		/* what the verify pass reads: fd, or O_DIRECT */
+	unsigned align;		/* rfd's reads: whole units of this, aligned */
 	unsigned sector;	/* a block device's logical block size */
 	bool reading;		/* the verify pass */
 	atomic_uint_least64_t next;
@@ -77,11 +79,17 @@ static int put(struct rjob *j, struct nbd_handle *h, const void *buf, uint64_t l
 	return fdio(j->fd, (void *)buf, len, off, true);
 }
 
+/*
+ * Read len bytes at off into buf, which has room for len rounded up to
+ * j->align.  An O_DIRECT read is of whole logical blocks: the device
+ * holds them, being at least the backup's size and a whole number of
+ * blocks long.
+ */
 static int get(struct rjob *j, struct nbd_handle *h, void *buf, uint64_t len, uint64_t off)
 {
 	if (h)
 		return nbd_pread(h, buf, len, off, 0) ? nbd_err() : 0;
-	return fdio(j->fd, buf, len, off, false);
+	return fdio(j->rfd, buf, (len + j->align - 1) / j->align * j->align, off, false);
 }
 
 static int put_zeroes(struct rjob *j, struct nbd_handle *h, uint64_t off, uint64_t len,
@@ -173,9 +181,12 @@ static void *rworker(void *arg)
 	const struct bk_manifest *m = j->m;
 	struct nbd_handle *h = NULL;
 	struct bk_chunk_buf work = { 0 };
-	uint8_t *buf = malloc(m->chunk_size), *back = malloc(m->chunk_size);
+	uint8_t *buf = malloc(m->chunk_size), *back = NULL;
 	void *zbuf = calloc(1, BLOCK * 16);
+	size_t a = j->align > BLOCK ? j->align : BLOCK;	/* O_DIRECT's buffer alignment */
 
+	if (posix_memalign((void **)&back, a, m->chunk_size + a))
+		back = NULL;
 	if (!buf || !back || !zbuf) {
 		rfail(j, -ENOMEM, "out of memory");
 		goto out;
@@ -337,6 +348,23 @@ static int open_blk(struct rjob *j)
 	return 0;
 }
 
+/*
+ * Before the verify pass: read the device, not the page cache that the
+ * restore has just filled.  With O_DIRECT every read reaches the device;
+ * where the device refuses O_DIRECT, its cached pages (clean after the
+ * fsync) are dropped instead.
+ */
+static void open_direct(struct rjob *j)
+{
+	j->rfd = open(j->target, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	if (j->rfd >= 0) {
+		j->align = j->sector;
+		return;
+	}
+	j->rfd = j->fd;
+	posix_fadvise(j->fd, 0, 0, POSIX_FADV_DONTNEED);
+}
+
 /* Open the target and check its size. */
 static int open_target(struct rjob *j)
 {
@@ -394,8 +422,8 @@ int bk_restore(struct bk_repo *r, const struct bk_manifest *m, const char *targe
 	j->r = r;
 	j->m = m;
 	j->target = target;
-	j->fd = -1;
-	j->sector = 1;
+	j->fd = j->rfd = -1;
+	j->align = j->sector = 1;
 	j->prog = prog;
 	bk_joberr_init(&j->fail);
 	/* Refuse before touching the target when chunks are missing. */
@@ -418,10 +446,16 @@ int bk_restore(struct bk_repo *r, const struct bk_manifest *m, const char *targe
 	st->bytes_zeroed = atomic_load(&j->zeroed);
 	if (!err && verify) {
 		j->reading = true;
+		if (j->kind == T_BLOCK)
+			open_direct(j);
+		else
+			j->rfd = j->fd;
 		bk_progress_start(prog, prog->mode, "verify", m->size);
 		err = run(j, jobs);
 	}
 	bk_joberr_finish(&j->fail, err ? msg : NULL, msglen);
+	if (j->rfd >= 0 && j->rfd != j->fd)
+		close(j->rfd);
 	if (j->fd >= 0)
 		close(j->fd);
 	free(j);

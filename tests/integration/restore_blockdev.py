@@ -7,12 +7,14 @@ skips a hole or a zero range (as it may for a fresh sparse file) leaves
 stale bytes behind and is caught.  Every check is against the test's own
 references: a sparse copy of the volume file taken at each backup's
 instant (compared with cmp to the device and to its backing file), the
-stale bytes the test wrote and the backing file's allocation.
+stale bytes the test wrote, the backing file's allocation, and the
+kernel's count of sectors read from the device.
 
 Cases: a full and an incremental backup restored over stale data
 (exact; the backing file sparse again where the backup has zeroes);
---verify; a device smaller than the backup, a read-only one, and one held
-open exclusively (as a mounted one is) are refused with one line before
+--verify reads the device itself, not the page cache the restore filled;
+a device smaller than the backup, a read-only one, and one held open
+exclusively (as a mounted one is) are refused with one line before
 anything is written; a larger one keeps its tail;
 serve-backup's export through nbdfuse and a read-only loop device reads
 as the reference; a device whose every request fails with EIO (nbdkit's
@@ -136,6 +138,11 @@ def read_dev(dev, off=0, n=None):
         os.close(fd)
 
 
+def sectors_read(dev):
+    with open(f"/sys/block/{os.path.basename(dev)}/stat") as f:
+        return int(f.read().split()[2])
+
+
 def restore(repo, bid, dev, *extra):
     return subprocess.run([VOLTRACK, "restore", repo, bid, dev, *extra], capture_output=True,
                           text=True, env=ENV, timeout=120)
@@ -191,7 +198,9 @@ def over_stale(b, loops, bid, verify=False):
     F.equal(len(zeros & zero_blocks(before)), 0,
             f"{what}: premise: stale data is non-zero where the backup is zero")
     F.check(os.stat(path).st_blocks * 512 >= SIZE, f"{what}: premise: the backing file is full")
+    read0 = sectors_read(dev)
     p = restore(b.repo, bid, dev, *(["--verify"] if verify else []))
+    read = (sectors_read(dev) - read0) * 512
     if F.equal(p.returncode, 0, f"{what}: succeeds: {p.stderr}"):
         F.equal(run("cmp", dev, b.refs[bid], check=False).returncode, 0,
                 f"{what}: the device equals the copy taken at the backup")
@@ -205,6 +214,7 @@ def over_stale(b, loops, bid, verify=False):
                 f"{what}: backing file allocated {alloc} bytes, data {data}")
         if verify:
             F.check("verified" in p.stdout, f"{what}: says it verified: {p.stdout!r}")
+            F.check(read >= SIZE, f"{what}: read the whole device back ({read} bytes)")
     loops.detach(dev)
 
 
