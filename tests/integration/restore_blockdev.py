@@ -24,6 +24,7 @@ Needs root and loop devices (exits 77 without them); the last two cases
 also need /dev/fuse and nbdfuse.
 """
 import contextlib
+import ctypes
 import errno
 import functools
 import hashlib
@@ -143,6 +144,20 @@ def sectors_read(dev):
         return int(f.read().split()[2])
 
 
+def can_punch(directory):
+    """Whether the file system under directory punches holes."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    path = os.path.join(directory, "punch-probe")
+    with open(path, "wb") as f:
+        f.write(b"\xff" * MIB)
+        f.flush()
+        os.fsync(f.fileno())
+        ok = libc.fallocate(f.fileno(), 3, 0, MIB) == 0   # PUNCH_HOLE | KEEP_SIZE
+    os.unlink(path)
+    return ok
+
+
 def restore(repo, bid, dev, *extra):
     return subprocess.run([VOLTRACK, "restore", repo, bid, dev, *extra], capture_output=True,
                           text=True, env=ENV, timeout=120)
@@ -207,11 +222,15 @@ def over_stale(b, loops, bid, verify=False):
         F.equal(run("cmp", path, b.refs[bid], check=False).returncode, 0,
                 f"{what}: so does the loop device's backing file")
         # Zero ranges were zeroed by a request the device may unmap, not
-        # written as zeroes: the backing file is sparse again.
+        # written as zeroes: the backing file is sparse again (where its
+        # file system can punch holes, which the loop device needs).
         data = SIZE - len(zeros) * BLOCK
         alloc = os.stat(path).st_blocks * 512
-        F.check(alloc <= data + 256 * 1024,
-                f"{what}: backing file allocated {alloc} bytes, data {data}")
+        if can_punch(os.path.dirname(path)):
+            F.check(alloc <= data + 256 * 1024,
+                    f"{what}: backing file allocated {alloc} bytes, data {data}")
+        else:
+            print(f"{what}: no hole punching here: allocation not checked")
         if verify:
             F.check("verified" in p.stdout, f"{what}: says it verified: {p.stdout!r}")
             F.check(read >= SIZE, f"{what}: read the whole device back ({read} bytes)")
