@@ -35,7 +35,10 @@ struct rjob {
 	const struct bk_manifest *m;
 	const char *target;
 	enum kind kind;
-	int fd;
+	int fd;			/* a file or a block device: what is written */
+	int rfd;		/* what the verify pass reads: fd, or O_DIRECT */
+	unsigned align;		/* rfd's reads: whole units of this, aligned */
+	unsigned sector;	/* a block device's logical block size */
 	bool reading;		/* the verify pass */
 	atomic_uint_least64_t next;
 	atomic_uint_least64_t written, zeroed;
@@ -50,16 +53,13 @@ static int nbd_err(void)
 	return nbd_get_errno() ? -nbd_get_errno() : -EIO;
 }
 
-/* All of len bytes to or from the target at off: NBD, or the file. */
-static int xfer(struct rjob *j, struct nbd_handle *h, void *buf, uint64_t len, uint64_t off,
-		bool out)
+/* All of len bytes to or from fd at off. */
+static int fdio(int fd, void *buf, uint64_t len, uint64_t off, bool out)
 {
-	if (h)
-		return (out ? nbd_pwrite(h, buf, len, off, 0) : nbd_pread(h, buf, len, off, 0)) ?
-			nbd_err() : 0;
 	char *p = buf;
+
 	while (len) {
-		ssize_t n = out ? pwrite(j->fd, p, len, (off_t)off) : pread(j->fd, p, len, (off_t)off);
+		ssize_t n = out ? pwrite(fd, p, len, (off_t)off) : pread(fd, p, len, (off_t)off);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
@@ -74,28 +74,27 @@ static int xfer(struct rjob *j, struct nbd_handle *h, void *buf, uint64_t len, u
 static int put(struct rjob *j, struct nbd_handle *h, const void *buf, uint64_t len,
 	       uint64_t off)
 {
-	return xfer(j, h, (void *)buf, len, off, true);
+	if (h)
+		return nbd_pwrite(h, buf, len, off, 0) ? nbd_err() : 0;
+	return fdio(j->fd, (void *)buf, len, off, true);
 }
 
+/*
+ * Read len bytes at off into buf, which has room for len rounded up to
+ * j->align.  An O_DIRECT read is of whole logical blocks: the device
+ * holds them, being at least the backup's size and a whole number of
+ * blocks long.
+ */
 static int get(struct rjob *j, struct nbd_handle *h, void *buf, uint64_t len, uint64_t off)
 {
-	return xfer(j, h, buf, len, off, false);
+	if (h)
+		return nbd_pread(h, buf, len, off, 0) ? nbd_err() : 0;
+	return fdio(j->rfd, buf, (len + j->align - 1) / j->align * j->align, off, false);
 }
 
-/* Make [off, off + len) read as zeroes.  A fresh file already does. */
-static int zero(struct rjob *j, struct nbd_handle *h, uint64_t off, uint64_t len, void *zbuf)
+static int put_zeroes(struct rjob *j, struct nbd_handle *h, uint64_t off, uint64_t len,
+		      const void *zbuf)
 {
-	if (j->kind == T_FILE || !len)
-		return 0;
-	atomic_fetch_add(&j->zeroed, len);
-	if (h && nbd_can_zero(h) == 1)
-		return nbd_zero(h, len, off, 0) ? nbd_err() : 0;
-	if (!h) {
-		uint64_t range[2] = { off, len };
-		if (ioctl(j->fd, BLKZEROOUT, range) == 0)
-			return 0;
-	}
-	/* Neither can zero: write them. */
 	for (uint64_t p = 0; p < len; p += BLOCK * 16) {
 		uint64_t n = len - p < BLOCK * 16 ? len - p : BLOCK * 16;
 		int err = put(j, h, zbuf, n, off + p);
@@ -103,6 +102,51 @@ static int zero(struct rjob *j, struct nbd_handle *h, uint64_t off, uint64_t len
 			return err;
 	}
 	return 0;
+}
+
+/*
+ * Zero [off, off + len) of a block device without writing it from here.
+ * fallocate(PUNCH_HOLE) asks for zeroes the device may deallocate (a
+ * thin or loop device stays sparse) and fails rather than have the
+ * kernel write them; BLKZEROOUT then zeroes however the device can,
+ * writing zeroes if it must.  BLKDISCARD is never used: a discard
+ * promises nothing about what reads return after it (BLKDISCARDZEROES
+ * is 0 on every current kernel).  Both requests drop the range from
+ * the page cache.  -EOPNOTSUPP: neither can; the caller writes zeroes.
+ */
+static int blk_zero(int fd, uint64_t off, uint64_t len)
+{
+	uint64_t range[2] = { off, len };
+
+	if (!fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len))
+		return 0;
+	if (errno != EOPNOTSUPP && errno != EINVAL)
+		return -errno;
+	if (!ioctl(fd, BLKZEROOUT, range))
+		return 0;
+	return errno == EOPNOTSUPP || errno == EINVAL || errno == ENOTTY ? -EOPNOTSUPP : -errno;
+}
+
+/*
+ * Make [off, off + len) read as zeroes.  A fresh file already does.  A
+ * range of a device that is not whole logical blocks (only the tail of
+ * a backup whose size is not a multiple of one) is written.
+ */
+static int zero(struct rjob *j, struct nbd_handle *h, uint64_t off, uint64_t len, void *zbuf)
+{
+	int err = -EOPNOTSUPP;
+
+	if (j->kind == T_FILE || !len)
+		return 0;
+	if (h && nbd_can_zero(h) == 1)
+		err = nbd_zero(h, len, off, 0) ? nbd_err() : 0;
+	else if (!h && !((off | len) % j->sector))
+		err = blk_zero(j->fd, off, len);
+	if (err == -EOPNOTSUPP)
+		err = put_zeroes(j, h, off, len, zbuf);
+	if (!err)
+		atomic_fetch_add(&j->zeroed, len);
+	return err;
 }
 
 /* Write buf (chunk at off) as runs of data and of zero blocks. */
@@ -137,9 +181,12 @@ static void *rworker(void *arg)
 	const struct bk_manifest *m = j->m;
 	struct nbd_handle *h = NULL;
 	struct bk_chunk_buf work = { 0 };
-	uint8_t *buf = malloc(m->chunk_size), *back = malloc(m->chunk_size);
+	uint8_t *buf = malloc(m->chunk_size), *back = NULL;
 	void *zbuf = calloc(1, BLOCK * 16);
+	size_t a = j->align > BLOCK ? j->align : BLOCK;	/* O_DIRECT's buffer alignment */
 
+	if (posix_memalign((void **)&back, a, m->chunk_size + a))
+		back = NULL;
 	if (!buf || !back || !zbuf) {
 		rfail(j, -ENOMEM, "out of memory");
 		goto out;
@@ -242,6 +289,82 @@ static int run(struct rjob *j, unsigned jobs)
 	return j->fail.err;
 }
 
+static bool blk_read_only(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC), ro = 0;
+
+	if (fd < 0)
+		return false;
+	if (ioctl(fd, BLKROGET, &ro))
+		ro = 0;
+	close(fd);
+	return ro;
+}
+
+/*
+ * A block device: opened exclusively, so that one that is mounted or
+ * held by another program (a RAID member, a loop's backing device, a
+ * device another restore writes) is refused rather than overwritten
+ * under it; not read-only; at least the backup's size.  Nothing is
+ * written before all three hold.  A larger device's tail is left as
+ * it is.
+ */
+static int open_blk(struct rjob *j)
+{
+	const struct bk_manifest *m = j->m;
+	uint64_t size;
+	int ro = 0, sector = 0, err;
+
+	j->fd = open(j->target, O_RDWR | O_EXCL | O_CLOEXEC);
+	if (j->fd < 0) {
+		err = -errno;
+		if (err == -EBUSY)
+			rfail(j, err, "cannot restore to %s: it is in use (mounted, or open "
+			      "exclusively by another program)", j->target);
+		else if ((err == -EROFS || err == -EACCES || err == -EPERM) &&
+			 blk_read_only(j->target))
+			rfail(j, err = -EROFS, "cannot restore to %s: the device is read-only",
+			      j->target);
+		else
+			rfail(j, err, "cannot open %s: %s", j->target, strerror(-err));
+		return err;
+	}
+	if (ioctl(j->fd, BLKROGET, &ro) || ioctl(j->fd, BLKGETSIZE64, &size) ||
+	    ioctl(j->fd, BLKSSZGET, &sector)) {
+		err = -errno;
+		rfail(j, err, "cannot get the size of %s: %s", j->target, strerror(-err));
+		return err;
+	}
+	if (ro) {
+		rfail(j, -EROFS, "cannot restore to %s: the device is read-only", j->target);
+		return -EROFS;
+	}
+	if (size < m->size) {
+		rfail(j, -ENOSPC, "%s is smaller (%llu bytes) than backup %s (%llu)",
+		      j->target, (unsigned long long)size, m->id, (unsigned long long)m->size);
+		return -ENOSPC;
+	}
+	j->sector = sector > 0 ? (unsigned)sector : 512;
+	return 0;
+}
+
+/*
+ * Before the verify pass: read the device, not the page cache that the
+ * restore has just filled.  With O_DIRECT every read reaches the device;
+ * where the device refuses O_DIRECT, its cached pages (clean after the
+ * fsync) are dropped instead.
+ */
+static void open_direct(struct rjob *j)
+{
+	j->rfd = open(j->target, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	if (j->rfd >= 0) {
+		j->align = j->sector;
+		return;
+	}
+	j->rfd = j->fd;
+	posix_fadvise(j->fd, 0, 0, POSIX_FADV_DONTNEED);
+}
+
 /* Open the target and check its size. */
 static int open_target(struct rjob *j)
 {
@@ -267,21 +390,8 @@ static int open_target(struct rjob *j)
 		return err;
 	}
 	if (stat(j->target, &st) == 0 && S_ISBLK(st.st_mode)) {
-		uint64_t size;
 		j->kind = T_BLOCK;
-		j->fd = open(j->target, O_RDWR | O_CLOEXEC);
-		if (j->fd < 0 || ioctl(j->fd, BLKGETSIZE64, &size)) {
-			int err = -errno;
-			rfail(j, err, "cannot open %s: %s", j->target, strerror(-err));
-			return err;
-		}
-		if (size < m->size) {
-			rfail(j, -ENOSPC, "%s is smaller (%llu bytes) than backup %s (%llu)",
-			      j->target, (unsigned long long)size, m->id,
-			      (unsigned long long)m->size);
-			return -ENOSPC;
-		}
-		return 0;
+		return open_blk(j);
 	}
 	j->kind = T_FILE;
 	j->fd = open(j->target, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -312,7 +422,8 @@ int bk_restore(struct bk_repo *r, const struct bk_manifest *m, const char *targe
 	j->r = r;
 	j->m = m;
 	j->target = target;
-	j->fd = -1;
+	j->fd = j->rfd = -1;
+	j->align = j->sector = 1;
 	j->prog = prog;
 	bk_joberr_init(&j->fail);
 	/* Refuse before touching the target when chunks are missing. */
@@ -335,10 +446,16 @@ int bk_restore(struct bk_repo *r, const struct bk_manifest *m, const char *targe
 	st->bytes_zeroed = atomic_load(&j->zeroed);
 	if (!err && verify) {
 		j->reading = true;
+		if (j->kind == T_BLOCK)
+			open_direct(j);
+		else
+			j->rfd = j->fd;
 		bk_progress_start(prog, prog->mode, "verify", m->size);
 		err = run(j, jobs);
 	}
 	bk_joberr_finish(&j->fail, err ? msg : NULL, msglen);
+	if (j->rfd >= 0 && j->rfd != j->fd)
+		close(j->rfd);
 	if (j->fd >= 0)
 		close(j->fd);
 	free(j);

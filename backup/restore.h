@@ -3,14 +3,18 @@
  *
  * A target is a file (created, or cut to nothing and grown to the
  * backup's size, so that what is not written stays a hole), a block
- * device, or an NBD URI (both at least the backup's size; their zero
- * ranges are zeroed, with BLKZEROOUT or NBD_CMD_WRITE_ZEROES, rather
- * than written).  Only non-zero data is written, in runs of 4 KiB
- * blocks.  Every chunk is checked whole before any of it is written;
- * a backup whose chunk files are missing is refused before the target
- * is touched, one whose chunk is damaged stops at that chunk with its
- * offset named.  With verify, the target is read back and every
- * chunk's digest compared.
+ * device (opened exclusively, writable, at least the backup's size), or
+ * an NBD URI (writable, at least the backup's size).  A device's or an
+ * export's zero ranges are zeroed rather than written: fallocate
+ * (PUNCH_HOLE) or BLKZEROOUT, NBD_CMD_WRITE_ZEROES.  Past the backup's
+ * size a larger target is left as it is.  Only non-zero data is
+ * written, in runs of 4 KiB blocks.  Every chunk is checked whole
+ * before any of it is written; a backup whose chunk files are missing,
+ * or a target that cannot take it, is refused before the target is
+ * touched; one whose chunk is damaged stops at that chunk with its
+ * offset named.  With verify, the target is read back (a block device
+ * with O_DIRECT: the device, not the page cache) and every chunk's
+ * digest compared.
  *
  * Returns 0 or -errno, with msg one line on failure.
  */
