@@ -13,22 +13,10 @@ import subprocess
 import time
 
 from harness import VOLTRACK, Failures, Server
+from nbdwire import IHAVEOPT, REP_MAGIC, REQ_MAGIC, option, read_greeting, recv_exact
 
 t = Failures()
 SIZE = 16 << 20
-IHAVEOPT = 0x49484156454F5054
-REP_MAGIC = 0x3e889045565a9
-REQ_MAGIC = 0x25609513
-
-
-def recv_exact(s, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise EOFError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
 
 
 def closed(s, timeout=5.0):
@@ -48,15 +36,10 @@ def dial(srv, flags=3):
     s = socket.socket(socket.AF_UNIX)
     s.connect(srv.sock)
     s.settimeout(10)
-    magic, opt, hflags = struct.unpack(">QQH", recv_exact(s, 18))
-    assert magic == 0x4e42444d41474943 and opt == IHAVEOPT, "greeting"
+    read_greeting(s)
     if flags is not None:
         s.sendall(struct.pack(">I", flags))
     return s
-
-
-def option(s, opt, data=b""):
-    s.sendall(struct.pack(">QII", IHAVEOPT, opt, len(data)) + data)
 
 
 def reply(s):

@@ -32,11 +32,10 @@ import threading
 import time
 
 from harness import VOLTRACK, Failures, Server
+from nbdwire import REQ_MAGIC, option_bytes, recv_exact
 
 t = Failures()
 SIZE = 64 << 20
-IHAVEOPT = 0x49484156454F5054
-REQ_MAGIC = 0x25609513
 ITERATIONS = int(os.environ.get("VOLTRACK_LEAK_ITERATIONS", "3000"))
 SECONDS = float(os.environ.get("VOLTRACK_LEAK_SECONDS", "120"))
 WARMUP = 500
@@ -53,18 +52,7 @@ READ_SIZE = 1 << 20
 WRITE_SIZE = 512 << 10
 
 
-def recv_exact(s, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise EOFError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
-
-
-def option(opt, data=b""):
-    return struct.pack(">QII", IHAVEOPT, opt, len(data)) + data
+option = option_bytes  # the whole handshake goes out in one send
 
 
 def reply(s):

@@ -21,33 +21,12 @@ import sys
 import time
 
 from harness import VOLTRACK, Failures, Server
+from nbdwire import REQ_MAGIC, greet, option, recv_exact
 
 t = Failures()
 SIZE = 16 << 20
-IHAVEOPT = 0x49484156454F5054
-REQ_MAGIC = 0x25609513
 NOBODY = 65534
 STRANGER = 4242
-
-
-def recv_exact(s, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise EOFError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
-
-
-def greet(s):
-    magic, opt, _ = struct.unpack(">QQH", recv_exact(s, 18))
-    assert magic == 0x4e42444d41474943 and opt == IHAVEOPT, "greeting"
-    s.sendall(struct.pack(">I", 3))
-
-
-def option(s, opt, data=b""):
-    s.sendall(struct.pack(">QII", IHAVEOPT, opt, len(data)) + data)
 
 
 def final_reply(s):

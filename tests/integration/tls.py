@@ -27,11 +27,10 @@ import tempfile
 import time
 
 from harness import VOLTRACK, Failures, Server
+from nbdwire import IHAVEOPT, REP_MAGIC, greet, option, recv_exact
 
 t = Failures()
 SIZE = 8 << 20
-IHAVEOPT = 0x49484156454F5054
-REP_MAGIC = 0x3e889045565a9
 ERR = 1 << 31
 ACK, INFO = 1, 3
 POLICY, INVALID, TLS_REQD = ERR | 2, ERR | 3, ERR | 5
@@ -134,26 +133,6 @@ def refused(srv, args, what):
 
 
 # ---- raw client ----
-
-def recv_exact(s, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise EOFError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
-
-
-def greet(s):
-    magic, opt, _ = struct.unpack(">QQH", recv_exact(s, 18))
-    assert magic == 0x4e42444d41474943 and opt == IHAVEOPT, "greeting"
-    s.sendall(struct.pack(">I", 3))  # FIXED_NEWSTYLE | NO_ZEROES
-
-
-def option(s, opt, data=b""):
-    s.sendall(struct.pack(">QII", IHAVEOPT, opt, len(data)) + data)
-
 
 def replies(s, opt):
     """Option replies up to the final one: [(type, data)]."""
