@@ -31,6 +31,7 @@
 #include "checkpoints.h"
 #include "op.h"
 #include "snapshots.h"
+#include "testop.h"
 #include "testvol.h"
 #include "tracker.h"
 
@@ -94,37 +95,15 @@ struct fixture {
 	struct vt_target tgt;
 };
 
-struct req {
-	struct vt_op op;
-	struct iovec iov;
-	uint8_t buf[4096];
-	bool done;
-	int err;
-};
-
-static void req_done(struct vt_op *op, int err)
+static void start(struct fixture *f, struct testop_req *r, uint8_t type, uint64_t off,
+		  uint8_t fill)
 {
-	struct req *r = (struct req *)op;
-
-	r->done = true;
-	r->err = err;
-}
-
-static void start(struct fixture *f, struct req *r, uint8_t type, uint64_t off, uint8_t fill)
-{
-	memset(r, 0, sizeof(*r));
-	memset(r->buf, fill, sizeof(r->buf));
-	r->iov = (struct iovec){ .iov_base = r->buf, .iov_len = sizeof(r->buf) };
-	r->op = (struct vt_op){ .type = type, .off = off, .len = sizeof(r->buf), .iov = &r->iov,
-				.iovcnt = 1, .done = req_done };
-	vt_op_start(&f->loop, &f->tgt, &r->op);
+	testop_start(&f->loop, &f->tgt, r, type, off, fill);
 }
 
 static void run_until(struct fixture *f, const bool *done)
 {
-	for (int i = 0; i < 3000 && !*done; i++)
-		assert_true(vt_loop_run(&f->loop, 10) >= 0);
-	assert_true(*done);
+	assert_int_equal(testop_run_until(&f->loop, done), 0);
 }
 
 /* A few turns of the loop, for whatever could complete now. */
@@ -215,7 +194,7 @@ static int teardown(void **state)
 
 static void write_ok(struct fixture *f, uint64_t off, uint8_t fill)
 {
-	struct req w;
+	struct testop_req w;
 
 	start(f, &w, VT_OP_WRITE, off, fill);
 	run_until(f, &w.done);
@@ -242,13 +221,13 @@ static unsigned list_flags(struct fixture *f, const char *name)
 static int read_snapshot(struct fixture *f, uint64_t off)
 {
 	struct vt_export *e;
-	struct req r;
+	struct testop_req r;
 
 	assert_int_equal(vt_snapshots_export(f->s, "a", &e), 0);
 	memset(&r, 0, sizeof(r));
 	r.iov = (struct iovec){ .iov_base = r.buf, .iov_len = sizeof(r.buf) };
 	r.op = (struct vt_op){ .type = VT_OP_READ, .off = off, .len = sizeof(r.buf),
-			       .iov = &r.iov, .iovcnt = 1, .done = req_done };
+			       .iov = &r.iov, .iovcnt = 1, .done = testop_req_done };
 	vt_export_start(e, &f->loop, &r.op);
 	run_until(f, &r.done);
 	vt_export_put(e);
@@ -259,7 +238,7 @@ static void test_loop_serves_while_the_invalidation_is_stored(void **state)
 {
 	struct fixture *f = *state;
 	struct vt_invalidator *inv = &f->s->set->inval;
-	struct req w[3], rd, copied;
+	struct testop_req w[3], rd, copied;
 
 	write_ok(f, 1 * G, 0x11);		/* copied: the store is full now */
 	set_block(f, true, 0);
@@ -308,7 +287,7 @@ static void test_loop_serves_while_the_invalidation_is_stored(void **state)
 static void test_failed_copy_waits_for_the_invalidation(void **state)
 {
 	struct fixture *f = *state;
-	struct req w, rd;
+	struct testop_req w, rd;
 
 	assert_int_equal(vt_snapshots_settle(f->s), 0);
 	assert_false(atomic_load(&f->s->ds->pending));	/* the next copy needs the mark */
@@ -340,7 +319,7 @@ static void test_failed_store_lets_the_writes_go_on(void **state)
 {
 	struct fixture *f = *state;
 	struct vt_invalidator *inv = &f->s->set->inval;
-	struct req w[2];
+	struct testop_req w[2];
 	struct vt_snap sn;
 
 	write_ok(f, 1 * G, 0x11);

@@ -27,6 +27,7 @@
 #include "checkpoints.h"
 #include "op.h"
 #include "snapshots.h"
+#include "testop.h"
 #include "testvol.h"
 #include "tracker.h"
 
@@ -82,37 +83,15 @@ struct fixture {
 	struct vt_target tgt;
 };
 
-struct req {
-	struct vt_op op;
-	struct iovec iov;
-	uint8_t buf[4096];
-	bool done;
-	int err;
-};
-
-static void req_done(struct vt_op *op, int err)
+static void start(struct fixture *f, struct testop_req *r, uint8_t type, uint64_t off,
+		  uint8_t fill)
 {
-	struct req *r = (struct req *)op;
-
-	r->done = true;
-	r->err = err;
-}
-
-static void start(struct fixture *f, struct req *r, uint8_t type, uint64_t off, uint8_t fill)
-{
-	memset(r, 0, sizeof(*r));
-	memset(r->buf, fill, sizeof(r->buf));
-	r->iov = (struct iovec){ .iov_base = r->buf, .iov_len = sizeof(r->buf) };
-	r->op = (struct vt_op){ .type = type, .off = off, .len = sizeof(r->buf), .iov = &r->iov,
-				.iovcnt = 1, .done = req_done };
-	vt_op_start(&f->loop, &f->tgt, &r->op);
+	testop_start(&f->loop, &f->tgt, r, type, off, fill);
 }
 
 static void run_until(struct fixture *f, const bool *done)
 {
-	for (int i = 0; i < 3000 && !*done; i++)
-		assert_true(vt_loop_run(&f->loop, 10) >= 0);
-	assert_true(*done);
+	assert_int_equal(testop_run_until(&f->loop, done), 0);
 }
 
 static void wait_blocked(struct fixture *f, unsigned n)
@@ -185,13 +164,13 @@ static int teardown(void **state)
 static void read_snapshot(struct fixture *f, uint64_t off, uint8_t *out)
 {
 	struct vt_export *e;
-	struct req r;
+	struct testop_req r;
 
 	assert_int_equal(vt_snapshots_export(f->s, "a", &e), 0);
 	memset(&r, 0, sizeof(r));
 	r.iov = (struct iovec){ .iov_base = r.buf, .iov_len = sizeof(r.buf) };
 	r.op = (struct vt_op){ .type = VT_OP_READ, .off = off, .len = sizeof(r.buf),
-			       .iov = &r.iov, .iovcnt = 1, .done = req_done };
+			       .iov = &r.iov, .iovcnt = 1, .done = testop_req_done };
 	vt_export_start(e, &f->loop, &r.op);
 	run_until(f, &r.done);
 	assert_int_equal(r.err, 0);
@@ -202,7 +181,7 @@ static void read_snapshot(struct fixture *f, uint64_t off, uint8_t *out)
 static void test_loop_serves_while_the_mark_is_set(void **state)
 {
 	struct fixture *f = *state;
-	struct req w[3], rd;
+	struct testop_req w[3], rd;
 	uint8_t snap[4096], zero[4096] = { 0 };
 
 	/* Three writes into three fresh chunks: all wait for one mark. */
@@ -242,7 +221,7 @@ static void test_loop_serves_while_the_mark_is_set(void **state)
 static void test_failed_mark_costs_the_snapshot(void **state)
 {
 	struct fixture *f = *state;
-	struct req w;
+	struct testop_req w;
 	struct checkpoint_list *l = malloc(sizeof(*l));
 
 	pthread_mutex_lock(&f->bf.lock);
@@ -319,7 +298,7 @@ static void test_settle_during_hold_keeps_the_mark(void **state)
 static void test_failed_store_sync_keeps_the_mark(void **state)
 {
 	struct fixture *f = *state;
-	struct req w;
+	struct testop_req w;
 
 	unblock(f);
 	start(f, &w, VT_OP_WRITE, 3 * G, 0x33);	/* a copy, under a new mark */
@@ -359,7 +338,7 @@ static void test_hold_drains_a_write_parked_on_the_marker(void **state)
 {
 	struct fixture *f = *state;
 	struct taker tk = { .s = f->s, .err = 1 };
-	struct req w;
+	struct testop_req w;
 	pthread_t th;
 
 	start(f, &w, VT_OP_WRITE, 7 * G, 0x71);
