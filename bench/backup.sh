@@ -5,7 +5,8 @@
 #      the same run: zstd off, zstd, zstd + AES-256-GCM;
 #   2. an incremental backup after CHANGE_PCT% random change (64 KiB
 #      writes) of a SPARSE volume: total time, and bytes read from the
-#      server against the bytes voltrack reports changed;
+#      server against the bytes voltrack reports changed; once per chunk
+#      size in BACKUP_CHUNKS (default "4M 64K"), each its own repository;
 #   3. restore into a voltrack export (NBD), against nbdcopy of the same
 #      data from a file into another.
 #
