@@ -408,6 +408,10 @@ static void aio_restore(struct rjob *j, struct nbd_handle *h, struct slot *slots
 			aio_fail(&w, err, off, e->hole);
 			break;
 		}
+		/* Send what the socket takes now and reap what has come
+		 * back, before the next chunk's read keeps this thread busy. */
+		while (nbd_aio_in_flight(h) > 0 && nbd_poll(h, 0) == 1)
+			;
 	}
 	aio_drain(&w);
 	if (w.err)
