@@ -175,6 +175,253 @@ static int write_chunk(struct rjob *j, struct nbd_handle *h, const uint8_t *buf,
 	return 0;
 }
 
+/*
+ * Restore into an NBD export with many requests in flight.  Each
+ * worker owns a few chunk buffers ("slots"): while the writes of one
+ * chunk are in flight the next is read and decompressed into another.
+ * A server may make the first write into a region wait for something
+ * durable (voltrack's write-intent commit); writes in flight together
+ * share that wait, where writes one at a time would each pay it.
+ * Completions run in this worker's thread, from nbd_poll: no locks.
+ * A slot is reused, and every slot freed, only once none of its
+ * requests is in flight (the caller frees them after nbd_close).
+ */
+#define WINDOW_BYTES (32u << 20)	/* chunk buffers per connection, at most */
+#define WINDOW_MAX 8
+#define REQS_MAX 64			/* requests in flight per connection */
+#define REQ_FALLBACK (32u << 20)	/* one write, if the server names no maximum */
+
+struct slot {
+	struct aworker *w;
+	uint8_t *buf;
+	uint64_t off, len, written, zeroed;
+	bool hole, failed;
+	unsigned inflight;
+};
+
+struct aworker {
+	struct rjob *j;
+	struct nbd_handle *h;
+	uint64_t max_req;
+	bool can_zero;
+	const void *zbuf;
+	int err;		/* the first failed request's -errno */
+	uint64_t err_off;	/* and its chunk's offset */
+	bool err_hole, reported;
+};
+
+static unsigned aio_slots(uint32_t chunk_size)
+{
+	unsigned n = WINDOW_BYTES / (chunk_size ? chunk_size : 1);
+
+	return n < 2 ? 2 : n > WINDOW_MAX ? WINDOW_MAX : n;
+}
+
+/* A chunk whose requests all succeeded counts as restored. */
+static void slot_done(struct slot *s)
+{
+	struct rjob *j = s->w->j;
+
+	atomic_fetch_add(&j->written, s->written);
+	atomic_fetch_add(&j->zeroed, s->zeroed);
+	atomic_fetch_add(&j->prog->done, s->len);
+}
+
+static int on_done(void *user, int *error)
+{
+	struct slot *s = user;
+	struct aworker *w = s->w;
+
+	if (*error) {
+		s->failed = true;
+		if (!w->err) {
+			w->err = -*error;
+			w->err_off = s->off;
+			w->err_hole = s->hole;
+		}
+	}
+	if (--s->inflight == 0 && !s->failed)
+		slot_done(s);
+	return 1;	/* retire the command */
+}
+
+/* Run the connection until fewer than REQS_MAX requests are in flight. */
+static int aio_room(struct aworker *w)
+{
+	while (nbd_aio_in_flight(w->h) >= REQS_MAX)
+		if (nbd_poll(w->h, -1) == -1)
+			return nbd_err();
+	return 0;
+}
+
+/* Counted in flight before it is issued: a completion may run inside
+ * the call.  A command that fails to be issued never completes. */
+static int aio_issue(struct aworker *w, struct slot *s, const void *buf, uint64_t len,
+		     uint64_t off, bool zero)
+{
+	nbd_completion_callback cb = { .callback = on_done, .user_data = s };
+	int err = aio_room(w);
+
+	if (err)
+		return err;
+	s->inflight++;
+	if ((zero ? nbd_aio_zero(w->h, len, off, cb, 0) :
+		    nbd_aio_pwrite(w->h, buf, len, off, cb, 0)) == -1) {
+		s->inflight--;
+		return nbd_err();
+	}
+	return 0;
+}
+
+static int aio_put(struct aworker *w, struct slot *s, const uint8_t *buf, uint64_t len,
+		   uint64_t off, uint64_t piece)
+{
+	for (uint64_t p = 0; p < len; p += piece) {
+		int err = aio_issue(w, s, buf, len - p < piece ? len - p : piece, off + p, false);
+		if (err)
+			return err;
+		if (buf != w->zbuf)
+			buf += piece;
+	}
+	return 0;
+}
+
+/* As zero(): NBD_CMD_WRITE_ZEROES where the server can, else zeroes written. */
+static int aio_zero(struct aworker *w, struct slot *s, uint64_t off, uint64_t len)
+{
+	if (!len)
+		return 0;
+	s->zeroed += len;
+	if (w->can_zero)
+		return aio_issue(w, s, NULL, len, off, true);
+	return aio_put(w, s, w->zbuf, len, off, BLOCK * 16);
+}
+
+/* As write_chunk(), from s->buf. */
+static int aio_chunk(struct aworker *w, struct slot *s)
+{
+	const uint8_t *buf = s->buf;
+	uint64_t p = 0, len = s->len;
+
+	while (p < len) {
+		uint64_t n = len - p < BLOCK ? len - p : BLOCK;
+		bool z = bk_is_zero(buf + p, n);
+		uint64_t q = p + n;
+		while (q < len) {
+			uint64_t m = len - q < BLOCK ? len - q : BLOCK;
+			if (bk_is_zero(buf + q, m) != z)
+				break;
+			q += m;
+		}
+		int err = z ? aio_zero(w, s, s->off + p, q - p) :
+			  aio_put(w, s, buf + p, q - p, s->off + p, w->max_req);
+		if (err)
+			return err;
+		if (!z)
+			s->written += q - p;
+		p = q;
+	}
+	return 0;
+}
+
+static void aio_fail(struct aworker *w, int err, uint64_t off, bool hole)
+{
+	struct rjob *j = w->j;
+
+	if (w->reported)
+		return;
+	w->reported = true;
+	if (w->err) {	/* a request that failed comes first */
+		err = w->err;
+		off = w->err_off;
+		hole = w->err_hole;
+	}
+	rfail(j, err, "cannot %s %s at offset %llu: %s", hole ? "zero" : "write", j->target,
+	      (unsigned long long)off, strerror(-err));
+}
+
+/* Until nothing of this connection is in flight, or it is dead. */
+static void aio_drain(struct aworker *w)
+{
+	while (nbd_aio_in_flight(w->h) > 0)
+		if (nbd_poll(w->h, -1) == -1)
+			break;
+}
+
+static void aio_restore(struct rjob *j, struct nbd_handle *h, struct slot *slots,
+			unsigned nslots, const void *zbuf, struct bk_chunk_buf *work)
+{
+	const struct bk_manifest *m = j->m;
+	int64_t max = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
+	struct aworker w = {
+		.j = j, .h = h, .zbuf = zbuf, .can_zero = nbd_can_zero(h) == 1,
+		.max_req = max > 0 ? (uint64_t)max : REQ_FALLBACK,
+	};
+
+	for (unsigned k = 0; k < nslots; k++)
+		slots[k].w = &w;
+	for (uint64_t k = 0;; k++) {
+		uint64_t i = atomic_fetch_add(&j->next, 1);
+		if (i >= m->nchunks || bk_joberr_stopped(&j->fail) || w.err)
+			break;
+		uint64_t off = i * m->chunk_size;
+		uint64_t len = m->size - off < m->chunk_size ? m->size - off : m->chunk_size;
+		const struct bk_entry *e = &m->chunks[i];
+		struct slot *s = &slots[k % nslots];
+		int err = 0;
+		while (s->inflight && !err)
+			if (nbd_poll(h, -1) == -1)
+				err = nbd_err();
+		if (err || w.err) {
+			aio_fail(&w, err, off, e->hole);
+			break;
+		}
+		s->off = off;
+		s->len = len;
+		s->hole = e->hole;
+		s->failed = false;
+		s->written = s->zeroed = 0;
+		if (!e->hole) {
+			char hex[2 * BK_DIGEST_LEN + 1];
+			size_t got;
+			const char *why = "";
+			bk_hex(e->digest, BK_DIGEST_LEN, hex);
+			err = bk_chunk_get(j->r, e->digest, s->buf, m->chunk_size, &got, work, &why);
+			if (!err && got != len)
+				err = -EBADMSG, why = "chunk of the wrong length for its offset";
+			if (err) {
+				rfail(j, err, "backup %s is damaged: chunk %llu at offset %llu (%s): "
+				      "%s; the restore is incomplete", m->id, (unsigned long long)i,
+				      (unsigned long long)off, hex,
+				      err == -EBADMSG ? why : strerror(-err));
+				break;
+			}
+		}
+		/* Held in flight until every request of the chunk is issued. */
+		s->inflight++;
+		err = e->hole ? aio_zero(&w, s, off, len) : aio_chunk(&w, s);
+		if (!err && !--s->inflight && !s->failed)
+			slot_done(s);
+		if (err) {
+			s->inflight--;
+			s->failed = true;
+			aio_fail(&w, err, off, e->hole);
+			break;
+		}
+		/* Send what the socket takes now and reap what has come
+		 * back, before the next chunk's read keeps this thread busy. */
+		while (nbd_aio_in_flight(h) > 0 && nbd_poll(h, 0) == 1)
+			;
+	}
+	aio_drain(&w);
+	if (w.err)
+		aio_fail(&w, w.err, 0, false);
+	else if (nbd_aio_in_flight(h) > 0)
+		aio_fail(&w, -EIO, 0, false);
+	if (!bk_joberr_stopped(&j->fail) && nbd_can_flush(h) == 1 && nbd_flush(h, 0))
+		rfail(j, nbd_err(), "cannot flush %s: %s", j->target, nbd_get_error());
+}
+
 static void *rworker(void *arg)
 {
 	struct rjob *j = arg;
@@ -184,10 +431,18 @@ static void *rworker(void *arg)
 	uint8_t *buf = malloc(m->chunk_size), *back = NULL;
 	void *zbuf = calloc(1, BLOCK * 16);
 	size_t a = j->align > BLOCK ? j->align : BLOCK;	/* O_DIRECT's buffer alignment */
+	bool aio = j->kind == T_NBD && !j->reading;
+	unsigned nslots = aio ? aio_slots(m->chunk_size) : 0;
+	struct slot *slots = aio ? calloc(nslots, sizeof(*slots)) : NULL;
 
 	if (posix_memalign((void **)&back, a, m->chunk_size + a))
 		back = NULL;
-	if (!buf || !back || !zbuf) {
+	bool nomem = aio && !slots;
+
+	for (unsigned k = 0; slots && k < nslots; k++)
+		if (!(slots[k].buf = malloc(m->chunk_size)))
+			nomem = true;
+	if (!buf || !back || !zbuf || nomem) {
 		rfail(j, -ENOMEM, "out of memory");
 		goto out;
 	}
@@ -197,6 +452,10 @@ static void *rworker(void *arg)
 			rfail(j, nbd_err(), "cannot connect to %s: %s", j->target, nbd_get_error());
 			goto out;
 		}
+	}
+	if (aio) {
+		aio_restore(j, h, slots, nslots, zbuf, &work);
+		goto out;
 	}
 	for (;;) {
 		uint64_t i = atomic_fetch_add(&j->next, 1);
@@ -258,7 +517,10 @@ static void *rworker(void *arg)
 		rfail(j, nbd_err(), "cannot flush %s: %s", j->target, nbd_get_error());
 out:
 	if (h)
-		nbd_close(h);
+		nbd_close(h);	/* nothing in flight after this: the slots can go */
+	for (unsigned k = 0; slots && k < nslots; k++)
+		free(slots[k].buf);
+	free(slots);
 	free(buf);
 	free(back);
 	free(zbuf);

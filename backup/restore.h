@@ -8,7 +8,10 @@
  * export's zero ranges are zeroed rather than written: fallocate
  * (PUNCH_HOLE) or BLKZEROOUT, NBD_CMD_WRITE_ZEROES.  Past the backup's
  * size a larger target is left as it is.  Only non-zero data is
- * written, in runs of 4 KiB blocks.  Every chunk is checked whole
+ * written, in runs of 4 KiB blocks.  Into an NBD export, many requests
+ * are in flight per connection, none larger than the server's maximum
+ * request size; a failed one fails the restore once none is left in
+ * flight.  Every chunk is checked whole
  * before any of it is written; a backup whose chunk files are missing,
  * or a target that cannot take it, is refused before the target is
  * touched; one whose chunk is damaged stops at that chunk with its

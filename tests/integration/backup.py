@@ -376,6 +376,77 @@ def damage(v):
     os.unlink(path)
 
 
+class Nbdkit:
+    """nbdkit's file plugin on path, behind filters, while in a with block."""
+
+    def __init__(self, path, *filters):
+        self.sock = path + ".sock"
+        if os.path.exists(self.sock):
+            os.unlink(self.sock)
+        self.uri = f"nbd+unix:///?socket={self.sock}"
+        names = [f"--filter={f}" for f in filters if "=" not in f]
+        params = [f for f in filters if "=" in f]
+        self.proc = subprocess.Popen(["nbdkit", "--foreground", "--unix", self.sock, *names,
+                                      "file", f"file={path}", *params],
+                                     stderr=subprocess.PIPE, env=ENV)
+        for _ in range(200):
+            if os.path.exists(self.sock):
+                break
+            time.sleep(0.025)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait()
+        if os.path.exists(self.sock):
+            os.unlink(self.sock)
+
+
+def nbd_targets(v):
+    """Restore into NBD exports, compared with cmp against the reference:
+    a fresh voltrack export read back with nbdcopy; nbdkit exports that
+    cannot zero (zero runs are written), that take requests of 64 KiB at
+    most, and whose writes fail (the restore fails and names an offset)."""
+    print("== restore into NBD exports", flush=True)
+    bid = list(v.refs)[-1]
+    ref = v.refs[bid]
+    t = Server(size=SIZE).start()
+    try:
+        p = run("restore", v.repo, bid, t.uri, "--verify", check=False)
+        F.check(p.returncode == 0, f"restore into a voltrack export succeeds: {p.stderr}")
+        back = os.path.join(t.dir, "back.img")
+        subprocess.run(["nbdcopy", t.uri, back], check=True, env=ENV)
+        F.equal(subprocess.run(["cmp", back, ref]).returncode, 0,
+                "restore into a voltrack export is exact")
+        F.check(os.stat(t.volume).st_blocks * 512 < os.stat(ref).st_blocks * 512 + (4 << 20),
+                "restore into a voltrack export keeps holes sparse")
+    finally:
+        t.cleanup()
+    img = os.path.join(v.srv.dir, "nbdkit.img")
+    for filters, what in (((), "nbdkit"), (("nozero",), "nbdkit without zero"),
+                          (("blocksize-policy", "blocksize-maximum=65536",
+                            "blocksize-error-policy=error"), "nbdkit, 64 KiB requests")):
+        with open(img, "wb") as f:
+            f.truncate(SIZE)
+        with Nbdkit(img, *filters) as k:
+            p = run("restore", v.repo, bid, k.uri, check=False)
+        F.check(p.returncode == 0, f"restore into {what} succeeds: {p.stderr}")
+        F.equal(subprocess.run(["cmp", img, ref]).returncode, 0, f"restore into {what} is exact")
+    with Nbdkit(img, "error", "error=EIO", "error-pwrite-rate=100%") as k:
+        p = run("restore", v.repo, bid, k.uri, check=False)
+    F.check(p.returncode == 1 and "cannot write" in p.stderr and " at offset " in p.stderr
+            and "Input/output error" in p.stderr and "Sanitizer" not in p.stderr,
+            f"a failed write fails the restore with its offset: {p.stderr!r}")
+    with Nbdkit(img, "error", "error=EIO", "error-pwrite-rate=20%") as k:
+        p = run("restore", v.repo, bid, k.uri, "--jobs", "2", check=False)
+    F.check(p.returncode == 1 and "cannot write" in p.stderr and " at offset " in p.stderr
+            and "Sanitizer" not in p.stderr,
+            f"writes failing among others in flight fail the restore: {p.stderr!r}")
+    os.unlink(img)
+
+
 def qsd(tmp):
     print("== qemu-storage-daemon, qcow2 with a persistent bitmap", flush=True)
     img = os.path.join(tmp, "d.qcow2")
@@ -465,8 +536,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="voltrack-backup-")
     try:
         t0 = time.time()
-        for step in (chain, server_crashes, offline_change, client_kills, prune_concurrent,
-                     damage):
+        for step in (chain, nbd_targets, server_crashes, offline_change, client_kills,
+                     prune_concurrent, damage):
             t = time.time()
             step(v)
             print(f"   ({time.time() - t:.1f} s)", flush=True)
