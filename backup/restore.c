@@ -149,6 +149,22 @@ static int zero(struct rjob *j, struct nbd_handle *h, uint64_t off, uint64_t len
 	return err;
 }
 
+/* The end of the run of 4 KiB blocks at p of buf that are all zero, or
+ * all not; *zero says which. */
+static uint64_t run_end(const uint8_t *buf, uint64_t len, uint64_t p, bool *zero)
+{
+	uint64_t q = p + (len - p < BLOCK ? len - p : BLOCK);
+
+	*zero = bk_is_zero(buf + p, q - p);
+	while (q < len) {
+		uint64_t n = len - q < BLOCK ? len - q : BLOCK;
+		if (bk_is_zero(buf + q, n) != *zero)
+			break;
+		q += n;
+	}
+	return q;
+}
+
 /* Write buf (chunk at off) as runs of data and of zero blocks. */
 static int write_chunk(struct rjob *j, struct nbd_handle *h, const uint8_t *buf, uint64_t len,
 		       uint64_t off, void *zbuf)
@@ -156,15 +172,8 @@ static int write_chunk(struct rjob *j, struct nbd_handle *h, const uint8_t *buf,
 	uint64_t p = 0;
 
 	while (p < len) {
-		uint64_t n = len - p < BLOCK ? len - p : BLOCK;
-		bool z = bk_is_zero(buf + p, n);
-		uint64_t q = p + n;
-		while (q < len) {
-			uint64_t m = len - q < BLOCK ? len - q : BLOCK;
-			if (bk_is_zero(buf + q, m) != z)
-				break;
-			q += m;
-		}
+		bool z;
+		uint64_t q = run_end(buf, len, p, &z);
 		int err = z ? zero(j, h, off + p, q - p, zbuf) : put(j, h, buf + p, q - p, off + p);
 		if (err)
 			return err;
@@ -294,7 +303,7 @@ static int aio_zero(struct aworker *w, struct slot *s, uint64_t off, uint64_t le
 	s->zeroed += len;
 	if (w->can_zero)
 		return aio_issue(w, s, NULL, len, off, true);
-	return aio_put(w, s, w->zbuf, len, off, BLOCK * 16);
+	return aio_put(w, s, w->zbuf, len, off, w->max_req < BLOCK * 16 ? w->max_req : BLOCK * 16);
 }
 
 /* As write_chunk(), from s->buf. */
@@ -304,15 +313,8 @@ static int aio_chunk(struct aworker *w, struct slot *s)
 	uint64_t p = 0, len = s->len;
 
 	while (p < len) {
-		uint64_t n = len - p < BLOCK ? len - p : BLOCK;
-		bool z = bk_is_zero(buf + p, n);
-		uint64_t q = p + n;
-		while (q < len) {
-			uint64_t m = len - q < BLOCK ? len - q : BLOCK;
-			if (bk_is_zero(buf + q, m) != z)
-				break;
-			q += m;
-		}
+		bool z;
+		uint64_t q = run_end(buf, len, p, &z);
 		int err = z ? aio_zero(w, s, s->off + p, q - p) :
 			  aio_put(w, s, buf + p, q - p, s->off + p, w->max_req);
 		if (err)
