@@ -4,6 +4,7 @@ Tests check the server against independent references (a copy of the
 expected volume kept in Python, or the backing file read directly),
 never against the server's own view of itself.
 """
+import json
 import os
 import signal
 import subprocess
@@ -118,3 +119,62 @@ class Server:
         if self.alive():
             self.stop(signal.SIGKILL)
         subprocess.run(["rm", "-rf", self.dir])
+
+
+def vt(*args, check=True):
+    """Run a voltrack command; with check, a failure raises with its output."""
+    p = subprocess.run([VOLTRACK, *args], capture_output=True, text=True)
+    if check and p.returncode:
+        raise RuntimeError(f"voltrack {' '.join(args)}: {p.returncode}\n{p.stderr}{p.stdout}")
+    return p
+
+
+def snap_uri(srv, name):
+    return f"nbd+unix:///snapshot/{name}?socket={srv.sock}"
+
+
+def read_export(srv, name, size):
+    """All of snapshot/NAME, read over NBD."""
+    h = srv.connect(name=f"snapshot/{name}")
+    data = bytearray()
+    for off in range(0, size, 1 << 20):
+        data += h.pread(min(1 << 20, size - off), off)
+    h.shutdown()
+    return bytes(data)
+
+
+def crc32c(data):
+    """CRC-32C (Castagnoli), bit by bit: slow, and independent of the C one."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def header_version(path, crc_at, version=None):
+    """The format version (4 bytes at 8) of a 4096-byte metadata header
+    whose CRC-32C (over the block with that field zero) is at crc_at;
+    with `version`, rewrite it as an older voltrack would have written it."""
+    with open(path, "r+b") as f:
+        blk = bytearray(f.read(4096))
+        if version is not None:
+            blk[8:12] = version.to_bytes(4, "little")
+            blk[crc_at:crc_at + 4] = bytes(4)
+            blk[crc_at:crc_at + 4] = crc32c(bytes(blk)).to_bytes(4, "little")
+            f.seek(0)
+            f.write(blk)
+    return int.from_bytes(blk[8:12], "little")
+
+
+def map_blocks(uri, ctx, bit, unit):
+    """The units (offset // unit) that nbdinfo --map=CTX reports with
+    `bit` set in their flags, as a set."""
+    out = subprocess.run(["nbdinfo", "--json", f"--map={ctx}", uri], check=True,
+                         capture_output=True, text=True).stdout
+    units = set()
+    for e in json.loads(out):
+        if e["type"] & bit:
+            units.update(range(e["offset"] // unit, (e["offset"] + e["length"]) // unit))
+    return units

@@ -18,42 +18,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import nbd  # noqa: E402
-from harness import VOLTRACK, Failures, Server  # noqa: E402
+from harness import (VOLTRACK, Failures, Server, crc32c, header_version, map_blocks,  # noqa: E402
+                     read_export, snap_uri, vt)
 
 F = Failures()
 GRAN = 64 << 10
 BLK = 4096
 
 
-def vt(*args, check=True):
-    p = subprocess.run([VOLTRACK, *args], capture_output=True, text=True)
-    if check and p.returncode:
-        raise RuntimeError(f"voltrack {' '.join(args)}: {p.returncode}\n{p.stderr}{p.stdout}")
-    return p
-
-
-def snap_uri(srv, name):
-    return f"nbd+unix:///snapshot/{name}?socket={srv.sock}"
-
-
-def read_export(srv, name, size):
-    h = srv.connect(name=f"snapshot/{name}")
-    data = bytearray()
-    for off in range(0, size, 1 << 20):
-        data += h.pread(min(1 << 20, size - off), off)
-    h.shutdown()
-    return bytes(data)
-
-
 def dirty_blocks(uri, ctx):
     """The blocks nbdinfo --map reports dirty, as a set of block numbers."""
-    out = subprocess.run(["nbdinfo", "--json", f"--map={ctx}", uri], check=True,
-                         capture_output=True, text=True).stdout
-    blocks = set()
-    for e in json.loads(out):
-        if e["type"] & 1:
-            blocks.update(range(e["offset"] // GRAN, (e["offset"] + e["length"]) // GRAN))
-    return blocks
+    return map_blocks(uri, ctx, 1, GRAN)
 
 
 def differing_blocks(a, b):
@@ -373,15 +348,6 @@ def test_offline():
         srv.cleanup()
 
 
-def crc32c(data):
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-    return crc ^ 0xFFFFFFFF
-
-
 def set_copies_mark(srv, boot_id):
     """Leave the diff store's copies-pending mark set, as a server that
     died under `boot_id` with unsynced copies would (doc/format.md)."""
@@ -441,16 +407,7 @@ def test_machine_down():
 def superblock_version(srv, version=None):
     """The superblock's format version; with `version`, rewrite it as an
     older voltrack's init would have left it (doc/format.md)."""
-    path = os.path.join(srv.meta, "superblock")
-    with open(path, "r+b") as f:
-        blk = bytearray(f.read(4096))
-        if version is not None:
-            blk[8:12] = version.to_bytes(4, "little")
-            blk[16:20] = bytes(4)
-            blk[16:20] = crc32c(bytes(blk)).to_bytes(4, "little")
-            f.seek(0)
-            f.write(blk)
-    return int.from_bytes(blk[8:12], "little")
+    return header_version(os.path.join(srv.meta, "superblock"), 16, version)
 
 
 def test_older_directory():
