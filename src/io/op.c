@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <stddef.h>
+#include <string.h>
 
 #include "tracker.h"
 #include "volume.h"
@@ -262,6 +263,24 @@ static void cow_submit(struct vt_op *op, uint8_t stage, int fd, void *buf, uint6
 	submit(op);
 }
 
+static bool all_zero(const void *buf, size_t len)
+{
+	const unsigned char *p = buf;
+
+	return !len || (!p[0] && !memcmp(p, p + 1, len - 1));
+}
+
+/* Copy first, record second: a record never names a slot whose data has
+ * not reached the kernel. */
+static void cow_write_record(struct vt_op *op)
+{
+	struct diffstore *ds = op->tgt->snaps->ds;
+
+	diffstore_encode(ds, op->cow.slot, &op->cow.rec, op->cow_rec);
+	cow_submit(op, VT_STAGE_COW_RECORD, ds->map_fd, op->cow_rec, DS_RECORD_SIZE,
+		   diffstore_record_offset(op->cow.slot));
+}
+
 static void cow_io_done(struct vt_op *op, int64_t res)
 {
 	struct vt_snapset *set = op->tgt->snaps;
@@ -276,15 +295,22 @@ static void cow_io_done(struct vt_op *op, int64_t res)
 	}
 	switch (op->stage) {
 	case VT_STAGE_COW_READ:
+		/*
+		 * A chunk of zeroes (most of a sparse volume) needs no copy:
+		 * its record says so, and the snapshot reads zeroes.  That is
+		 * a write fewer per first write to such a chunk, and on a
+		 * sparse volume the one that most often allocated blocks.
+		 */
+		if (ds->zero_records && all_zero(job->buf, job->len)) {
+			job->rec.zero = true;
+			cow_write_record(op);
+			break;
+		}
 		cow_submit(op, VT_STAGE_COW_WRITE, ds->data_fd, job->buf, job->len,
 			   diffstore_slot_offset(ds, job->slot));
 		break;
 	case VT_STAGE_COW_WRITE:
-		/* Copy first, record second: a record never names a slot whose
-		 * data has not reached the kernel. */
-		diffstore_encode(ds, job->slot, &job->rec, op->cow_rec);
-		cow_submit(op, VT_STAGE_COW_RECORD, ds->map_fd, op->cow_rec, DS_RECORD_SIZE,
-			   diffstore_record_offset(job->slot));
+		cow_write_record(op);
 		break;
 	default:
 		/* Both reached the kernel: a kill -9 from here on keeps the

@@ -19,12 +19,18 @@
  *
  * Record (64 bytes at 4096 + 64 * slot): magic "VTDR" (4), CRC-32C of
  * the store id followed by the 64 bytes with this field zero (4), slot
- * (4), blocks (1), reserved (3), chunk (8), lo (4), hi (4), reserved
- * (8), epochs (16), reserved (16).  All zeroes: never written.
+ * (4), blocks (1), flags (1), reserved (2), chunk (8), lo (4), hi (4),
+ * reserved (8), epochs (16), reserved (16).  All zeroes: never written.
+ *
+ * Version 2 added the flags byte (bit 0: the chunk was zeroes, its slot
+ * was not written).  A version 1 store is read as it stands and never
+ * given such a record, so that the voltrack that made it can still read
+ * it; a store made anew is version 2.
  */
 #define HDR_MAGIC "VTRKDIFF"
-#define HDR_VERSION 1
+#define HDR_VERSION 2
 #define REC_MAGIC "VTDR"
+#define REC_ZERO 1u
 
 static void put32(uint8_t *p, uint32_t v) { v = htole32(v); memcpy(p, &v, 4); }
 static void put64(uint8_t *p, uint64_t v) { v = htole64(v); memcpy(p, &v, 8); }
@@ -47,6 +53,7 @@ void diffstore_encode(const struct diffstore *ds, uint32_t slot, const struct ds
 	memcpy(out, REC_MAGIC, 4);
 	put32(out + 8, slot);
 	out[12] = rec->nblocks;
+	out[13] = rec->zero ? REC_ZERO : 0;
 	put64(out + 16, rec->chunk);
 	put32(out + 24, rec->lo);
 	put32(out + 28, rec->hi);
@@ -64,9 +71,10 @@ static int decode(const struct diffstore *ds, uint32_t slot, const uint8_t in[DS
 		return 0;
 	if (memcmp(in, REC_MAGIC, 4) || get32(in + 4) != rec_crc(ds, in) ||
 	    get32(in + 8) != slot || in[12] == 0 || in[12] > DS_MAX_BLOCKS ||
-	    get32(in + 24) >= get32(in + 28))
+	    (in[13] & ~(ds->zero_records ? REC_ZERO : 0u)) || get32(in + 24) >= get32(in + 28))
 		return -EBADMSG;
 	rec->nblocks = in[12];
+	rec->zero = in[13] & REC_ZERO;
 	rec->chunk = get64(in + 16);
 	rec->lo = get32(in + 24);
 	rec->hi = get32(in + 28);
@@ -261,8 +269,8 @@ int diffstore_settle(struct diffstore *ds, bool when_quiet, int (*sync_origin)(v
 	return err;
 }
 
-static int read_header(const struct vt_fsops *ops, int fd, uint32_t *chunk_size, struct vt_uuid *id, uint64_t *limit,
-		       char **path)
+static int read_header(const struct vt_fsops *ops, int fd, uint32_t *version, uint32_t *chunk_size,
+		       struct vt_uuid *id, uint64_t *limit, char **path)
 {
 	uint8_t *hdr = malloc(DS_STATE_OFFSET);
 	int err = hdr ? vt_read_full(ops, fd, hdr, DS_STATE_OFFSET, 0) : -ENOMEM;
@@ -274,6 +282,7 @@ static int read_header(const struct vt_fsops *ops, int fd, uint32_t *chunk_size,
 			err = -EBADMSG;
 		else if (get32(hdr + 8) > HDR_VERSION)
 			err = -EPROTONOSUPPORT;
+		*version = get32(hdr + 8);
 		*chunk_size = get32(hdr + 16);
 		memcpy(id->bytes, hdr + 24, 16);
 		*limit = get64(hdr + 40);
@@ -320,7 +329,7 @@ int diffstore_open(int dirfd, const struct vt_fsops *ops, const struct diffstore
 		   uint32_t chunk_size, uint64_t volume_size, struct diffstore **out)
 {
 	struct diffstore *ds = calloc(1, sizeof(*ds));
-	uint32_t have_chunk = chunk_size;
+	uint32_t have_chunk = chunk_size, version = HDR_VERSION;
 	struct stat st;
 	int err = 0;
 
@@ -338,9 +347,11 @@ int diffstore_open(int dirfd, const struct vt_fsops *ops, const struct diffstore
 	else if (ds->map_fd < 0)
 		err = ds->map_fd;
 	else
-		err = read_header(ops, ds->map_fd, &have_chunk, &ds->id, &dflt_limit, &dflt_path);
+		err = read_header(ops, ds->map_fd, &version, &have_chunk, &ds->id, &dflt_limit,
+				  &dflt_path);
 	if (!err && have_chunk != chunk_size)
 		err = -EINVAL;
+	ds->zero_records = version >= 2;
 	/* This run's options first, then what init recorded, then defaults. */
 	ds->limit = cfg->limit ? cfg->limit : dflt_limit ? dflt_limit : volume_size;
 	const char *path = cfg->data_path ? cfg->data_path : dflt_path;

@@ -45,6 +45,10 @@ struct ds_record {
 	uint64_t chunk;
 	uint32_t lo, hi;		/* serves snapshots with lo < seq <= hi */
 	uint8_t nblocks;
+	/* The chunk read as zeroes when it was copied, so its slot's data
+	 * was never written: it reads as zeroes.  Only in stores that say
+	 * they may hold such records (zero_records). */
+	bool zero;
 	uint8_t epochs[DS_MAX_BLOCKS];
 };
 
@@ -60,6 +64,7 @@ struct diffstore {
 	struct vt_uuid id;		/* tags records to this store */
 	bool own_path;			/* data file inside the metadata dir */
 	bool data_new;			/* the data file was created by this open */
+	bool zero_records;		/* version 2: records may say "zeroes" */
 
 	/*
 	 * The copies-pending mark (block 1 of the record file).  Copies are

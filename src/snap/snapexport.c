@@ -104,11 +104,15 @@ static void patch_next(struct vt_op *op)
 		if (r == -EAGAIN)
 			return; /* patch_resumed() looks again */
 		op->cow_next++;
-		if (r == 0)
+		if (r == VT_SNAP_FROM_VOLUME)
 			continue;
 		uint64_t c0 = chunk << set->chunk_shift;
 		uint64_t from = c0 > op->off ? c0 : op->off;
 		uint64_t to = c0 + set->chunk_size < end ? c0 + set->chunk_size : end;
+		if (r == VT_SNAP_FROM_ZEROES) {
+			memset((char *)op->cow_iov.iov_base + (from - op->off), 0, to - from);
+			continue;
+		}
 		op->io = (struct vio_req){
 			.op = VIO_READ, .fd = se->s->ds->data_fd, .iov = &op->iov[0],
 			.iovcnt = 1, .off = diffstore_slot_offset(se->s->ds, slot) + (from - c0),
@@ -183,10 +187,12 @@ static void se_allocation(void *impl, uint64_t off, uint64_t len, bool *hole, ui
 	/* The volume first, the copy second, as for a read: a write that
 	 * changed the chunk's allocation after its copy is caught below. */
 	volume_allocation(se->s->vol, off, len, hole, run);
-	if (vt_snapset_lookup(set, se->seq, chunk, &slot, NULL) != 0 || !usable_quiet(se)) {
-		/* Copied or being copied: its old content is data.  (And for
-		 * a snapshot that cannot be read, "data" is the safe answer.) */
-		*hole = false;
+	int from = vt_snapset_lookup(set, se->seq, chunk, &slot, NULL);
+	if (from != VT_SNAP_FROM_VOLUME || !usable_quiet(se)) {
+		/* Copied or being copied: its old content is data, unless it
+		 * was copied as zeroes.  (And for a snapshot that cannot be
+		 * read, "data" is the safe answer.) */
+		*hole = from == VT_SNAP_FROM_ZEROES && usable_quiet(se);
 		*run = len;
 	}
 }

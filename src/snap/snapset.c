@@ -22,6 +22,7 @@ struct cow_entry {
 	uint32_t lo, hi;
 	uint32_t next;		/* slot + 1 of the next older copy; 0: none */
 	bool used;
+	bool zero;		/* the chunk was zeroes: the slot was not written */
 	uint8_t nblocks;
 	uint8_t epochs[DS_MAX_BLOCKS];
 };
@@ -153,7 +154,7 @@ static void scan_one(void *arg, uint32_t slot, const struct ds_record *rec)
 	}
 	struct cow_entry *e = &set->entries[slot];
 	*e = (struct cow_entry){ .chunk = rec->chunk, .lo = rec->lo, .hi = rec->hi,
-				 .used = true, .nblocks = rec->nblocks };
+				 .used = true, .zero = rec->zero, .nblocks = rec->nblocks };
 	memcpy(e->epochs, rec->epochs, DS_MAX_BLOCKS);
 	link_entry(set, word, slot);
 	c->used[slot] = 1;
@@ -495,7 +496,7 @@ void vt_snapset_publish(struct vt_snapset *set, struct vt_cow_job *job, int err)
 	} else if (!err) {
 		struct cow_entry *e = &set->entries[job->slot];
 		*e = (struct cow_entry){ .chunk = job->chunk, .lo = job->rec.lo,
-					 .hi = job->rec.hi, .used = true,
+					 .hi = job->rec.hi, .used = true, .zero = job->rec.zero,
 					 .nblocks = job->rec.nblocks };
 		memcpy(e->epochs, job->rec.epochs, DS_MAX_BLOCKS);
 		link_entry(set, word, job->slot);
@@ -544,7 +545,7 @@ int vt_snapset_lookup(struct vt_snapset *set, uint32_t seq, uint64_t chunk, uint
 			break;
 		if (e->lo < seq) {
 			*slot = cur - 1;
-			r = 1;
+			r = e->zero ? VT_SNAP_FROM_ZEROES : VT_SNAP_FROM_STORE;
 			break;
 		}
 		cur = e->next;
@@ -648,7 +649,7 @@ int vt_snapset_store_records(struct vt_snapset *set)
 		if (!e->used)
 			continue;
 		struct ds_record r = { .chunk = e->chunk, .lo = e->lo, .hi = e->hi,
-				       .nblocks = e->nblocks };
+				       .nblocks = e->nblocks, .zero = e->zero };
 		memcpy(r.epochs, e->epochs, DS_MAX_BLOCKS);
 		diffstore_encode(set->ds, (uint32_t)slot, &r, rec);
 		err = set->ds->ops->pwrite(set->ds->ops, set->ds->map_fd, rec, DS_RECORD_SIZE,

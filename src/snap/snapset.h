@@ -175,10 +175,14 @@ enum vt_cow_claim vt_snapset_claim(struct vt_snapset *set, uint64_t chunk,
 void vt_snapset_publish(struct vt_snapset *set, struct vt_cow_job *job, int err);
 
 /*
- * Where snapshot seq reads chunk: *slot and 1 from the diff store, 0
- * from the volume, or -EAGAIN while a copy it needs is in progress (w,
- * when given, is then parked and resumed after the publish).
+ * Where snapshot seq reads chunk: VT_SNAP_FROM_VOLUME, VT_SNAP_FROM_STORE
+ * (at *slot), VT_SNAP_FROM_ZEROES (a copy of zeroes: nothing to read), or
+ * -EAGAIN while a copy it needs is in progress (w, when given, is then
+ * parked and resumed after the publish).
  */
+#define VT_SNAP_FROM_VOLUME 0
+#define VT_SNAP_FROM_STORE 1
+#define VT_SNAP_FROM_ZEROES 2
 int vt_snapset_lookup(struct vt_snapset *set, uint32_t seq, uint64_t chunk, uint32_t *slot,
 		      struct vt_cow_wait *w);
 
