@@ -14,12 +14,14 @@ The reference is what this test wrote; the premise (that zero records
 were made, or were not) is read from the record file as doc/format.md
 lays it out.
 """
+import json
 import os
 import signal
 import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
+import nbd  # noqa: E402
 from harness import Failures, Server, header_version, map_blocks, read_export, snap_uri, vt  # noqa: E402
 
 F = Failures()
@@ -141,7 +143,52 @@ def test_older_store():
         srv.cleanup()
 
 
-for test in (test_zero_chunks, test_older_store):
+def test_untracked_change():
+    """A volume written while nothing copied for its snapshots (a serve
+    --no-track, or a write to the file while no server ran): the next
+    tracked start sees it (everything is reported changed), and a
+    snapshot must then read its instant or be invalid, never the later
+    data.  Chunks never copied (here: zeroes at the snapshot) are read
+    from the volume."""
+    size = 1 << 20
+    for how in ("no-track", "direct"):
+        srv = Server(size=size).start()
+        try:
+            h = srv.connect()
+            h.pwrite(b"\x11" * CHUNK, 0)
+            h.flush()
+            h.shutdown()
+            vt("snapshot", srv.volume, "s")
+            ref = srv.read_volume()
+            F.equal(srv.stop(), 0, f"{how}: clean stop")
+            if how == "no-track":
+                srv.extra = ["--no-track"]
+                srv.start()
+                h = srv.connect()
+                h.pwrite(b"\x22" * size, 0)
+                h.flush()
+                h.shutdown()
+                srv.stop()
+                srv.extra = []
+            else:
+                with open(srv.volume, "r+b") as f:
+                    f.write(b"\x22" * size)
+            srv.start()
+            state = [c["snapshot"]["state"] for c in
+                     json.loads(vt("list", srv.volume, "--json").stdout) if c["name"] == "s"]
+            try:
+                got = read_export(srv, "s", size)
+            except nbd.Error:
+                got = None
+            F.check(got == ref or (got is None and state == ["invalid"]),
+                    f"{how}: the snapshot reads its instant or is invalid "
+                    f"(state {state}, reads {'EIO' if got is None else got[CHUNK:CHUNK + 2]})")
+        finally:
+            srv.stop()
+            srv.cleanup()
+
+
+for test in (test_zero_chunks, test_older_store, test_untracked_change):
     print(f"# {test.__name__}", flush=True)
     test()
 F.finish()
