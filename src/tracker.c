@@ -137,6 +137,19 @@ static int doubt_everything(struct tracker *t, enum tracker_start why, const cha
 {
 	snprintf(t->info.start_detail, sizeof(t->info.start_detail), "%s", detail);
 	t->info.start = why;
+	if (why == TRACKER_START_OFFLINE_CHANGE) {
+		/* Nothing copied the chunks that were overwritten: a snapshot
+		 * would read the later data as its own.  Stored with the list
+		 * below, so that no later open can miss it. */
+		for (uint32_t i = 0; i < t->ckpts.n; i++) {
+			struct checkpoint *c = &t->ckpts.items[i];
+			if ((c->flags & CKPT_F_SNAPSHOT) && !(c->flags & CKPT_F_INVALID)) {
+				c->flags |= CKPT_F_INVALID;
+				vt_error("snapshot '%s' is no longer valid: the volume was written "
+					 "while nothing copied for it", c->name);
+			}
+		}
+	}
 	intent_close(t->in);
 	t->in = NULL;
 	mapfile_close(t->mf);
