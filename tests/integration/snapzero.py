@@ -8,7 +8,9 @@ when the slot had held another chunk's copy before (a slot freed by a
 delete and reused), also after a restart and a kill -9; base:allocation
 of the snapshot says such chunks read as zeroes; a store made by an older
 voltrack (version 1) is never given such a record, so that older voltrack
-can still read it.
+can still read it.  And the other way to a chunk no copy was made
+for: the volume written while nothing copied (--no-track, a direct
+write), after which a snapshot reads its instant or is invalid.
 
 The reference is what this test wrote; the premise (that zero records
 were made, or were not) is read from the record file as doc/format.md
