@@ -23,6 +23,9 @@
 
 #define BK_CHUNK_HEADER 32
 
+#define BK_WRITEBACK_FILES 16
+#define BK_WRITEBACK_BYTES (32u << 20)
+
 struct bk_chunk_buf {
 	uint8_t *buf;
 	size_t cap;
@@ -30,8 +33,15 @@ struct bk_chunk_buf {
 	 * compressing a 64 KiB chunk does. */
 	struct ZSTD_CCtx_s *cctx;
 	struct ZSTD_DCtx_s *dctx;
+	/* Chunk files this worker wrote last, still open while the disk
+	 * writes them back: a ring, oldest at wb_head (see chunk.c). */
+	int wb_fd[BK_WRITEBACK_FILES];
+	uint64_t wb_size[BK_WRITEBACK_FILES];
+	unsigned wb_head, wb_n;
+	uint64_t wb_bytes;
 };
 
+/* Also waits for the writeback of the files above and closes them. */
 void bk_chunk_buf_free(struct bk_chunk_buf *b);
 
 /* The file name of a digest: "XX/HEX" (68 bytes with the NUL). */

@@ -230,11 +230,16 @@ struct runs {
 	struct { uint64_t a, b; } v[SLOT_COOKIES / 2];
 	size_t n;
 	bool overflow;
+	/* What base:allocation promises to be zero, to be zeroed in buf
+	 * (it may hold the parent's contents) unless nothing is read and
+	 * nothing patched: then the chunk is a hole and buf unused. */
+	struct { uint64_t a, b; } z[SLOT_COOKIES];
+	size_t nz;
+	bool z_overflow;
 };
 
 /* Add the parts of [a, b) that base:allocation does not promise to be
- * zero to the runs; zero the parts it does in buf (which may hold the
- * parent's contents). */
+ * zero to the runs, and those it does to the zero runs. */
 static void data_runs(const struct extents *alloc, size_t *cursor, uint64_t a, uint64_t b,
 		      struct slot *s, struct runs *r)
 {
@@ -245,7 +250,12 @@ static void data_runs(const struct extents *alloc, size_t *cursor, uint64_t a, u
 		uint64_t y = alloc->v[i].off + alloc->v[i].len < b ? alloc->v[i].off + alloc->v[i].len :
 								      b;
 		if (alloc->v[i].flags & LIBNBD_STATE_ZERO) {
-			memset(s->buf + (x - s->off), 0, y - x);
+			if (r->nz && r->z[r->nz - 1].b == x)
+				r->z[r->nz - 1].b = y;
+			else if (r->nz == sizeof(r->z) / sizeof(r->z[0]))
+				r->z_overflow = true;
+			else
+				r->z[r->nz].a = x, r->z[r->nz++].b = y;
 			continue;
 		}
 		if (r->n && r->v[r->n - 1].b == x)
@@ -271,7 +281,7 @@ static int issue(struct job *j, struct nbd_handle *h, const struct extents *allo
 		 struct slot *s, struct bk_chunk_buf *work)
 {
 	uint64_t cs = j->m->chunk_size;
-	struct runs r = { .n = 0 };
+	struct runs r = { .n = 0, .nz = 0 };
 
 	s->index = idx;
 	s->off = idx * cs;
@@ -288,7 +298,9 @@ static int issue(struct job *j, struct nbd_handle *h, const struct extents *allo
 		if (!s->patched)
 			pe = NULL; /* read it all from the server */
 	}
-	if (!s->patched)
+	/* The parent's chunk is a hole: its contents are zeroes. */
+	bool zeroed = pe && !s->patched;
+	if (zeroed)
 		memset(s->buf, 0, s->len);
 	if (pe) {
 		while (*acur < alloc->n && alloc->v[*acur].off + alloc->v[*acur].len <= s->off)
@@ -307,11 +319,21 @@ static int issue(struct job *j, struct nbd_handle *h, const struct extents *allo
 	} else {
 		data_runs(alloc, acur, s->off, end, s, &r);
 	}
-	if (r.overflow) {
+	if (r.overflow || r.z_overflow) {
+		/* Too fragmented to keep its runs: read it whole. */
 		s->ncookies = 0;
 		s->nread = 0;
 		return read_run(h, s, s->off, end);
 	}
+	/*
+	 * Otherwise every byte of a chunk not patched is read or promised
+	 * zero (slice_extents covers the slice whole), so only the promised
+	 * zeroes are written here, and not even those for a hole, which
+	 * finish_slot() recognises without looking at buf.
+	 */
+	if (!zeroed && (s->patched || r.n))
+		for (size_t i = 0; i < r.nz; i++)
+			memset(s->buf + (r.z[i].a - s->off), 0, r.z[i].b - r.z[i].a);
 	for (size_t i = 0; i < r.n; i++) {
 		int err = read_run(h, s, r.v[i].a, r.v[i].b);
 		if (err)
