@@ -216,21 +216,31 @@ int bk_chunk_put(struct bk_repo *r, const uint8_t digest[BK_DIGEST_LEN], const v
 		put_le32(hdr + 12, (uint32_t)plen);
 	}
 
-	char tmp[64], path[68];
-	int fd = bk_repo_tmpfile(r, tmp);
+	/*
+	 * Written whole, then named: a reader never finds a part of a
+	 * chunk under its name.  Not synced here: bk_repo_sync() syncs all
+	 * of them before the manifest that names them, and the pending mark
+	 * covers a crash before that (repo.h).  Its writeback starts now,
+	 * though.  An unnamed file costs one directory operation, not two
+	 * (a create in tmp/ and a rename), and leaves nothing after a crash.
+	 */
+	char tmp[64] = "", path[68];
+	int fd = bk_repo_anonfile(r);
+	if (fd == -EOPNOTSUPP)
+		fd = bk_repo_tmpfile(r, tmp);
 	if (fd < 0)
 		return fd;
 	size_t total = BK_CHUNK_HEADER + plen;
 	err = write_all(fd, hdr, BK_CHUNK_HEADER, payload, plen);
-	/* Not synced here: bk_repo_sync() syncs all of them before the
-	 * manifest that names them, and the pending mark covers a crash
-	 * before that (repo.h).  Its writeback starts now, though. */
 	bk_chunk_path(digest, path);
-	if (!err && renameat(r->tmpfd, tmp, r->chunksfd, path))
+	if (!err && tmp[0] && renameat(r->tmpfd, tmp, r->chunksfd, path))
 		err = -errno;
+	else if (!err && !tmp[0])
+		err = bk_repo_link(r, fd, r->chunksfd, path);
 	if (err) {
 		close(fd);
-		unlinkat(r->tmpfd, tmp, 0);
+		if (tmp[0])
+			unlinkat(r->tmpfd, tmp, 0);
 		return err;
 	}
 	writeback_add(work, fd, total);

@@ -80,6 +80,56 @@ int bk_repo_tmpfile(struct bk_repo *r, char name[64])
 	return -EEXIST;
 }
 
+int bk_repo_anonfile(struct bk_repo *r)
+{
+	int fd = openat(r->tmpfd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
+
+	if (fd >= 0)
+		return fd;
+	/* Older kernels and some filesystems say "no" in several ways. */
+	return errno == EISDIR || errno == ENOENT || errno == EOPNOTSUPP || errno == EINVAL ?
+		       -EOPNOTSUPP : -errno;
+}
+
+/* linkat() of an open file: by its descriptor where we may (it takes
+ * CAP_DAC_READ_SEARCH), else through /proc. */
+static int link_fd(int fd, int dirfd, const char *name)
+{
+	char proc[40];
+
+	if (!linkat(fd, "", dirfd, name, AT_EMPTY_PATH))
+		return 0;
+	if (errno != ENOENT && errno != EPERM)
+		return -errno;
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	return linkat(AT_FDCWD, proc, dirfd, name, AT_SYMLINK_FOLLOW) ? -errno : 0;
+}
+
+int bk_repo_link(struct bk_repo *r, int fd, int dirfd, const char *name)
+{
+	static atomic_uint seq;
+	char tmp[64];
+	int err = link_fd(fd, dirfd, name);
+
+	if (err != -EEXIST)
+		return err;
+	/* Something (a torn leftover, say) has the name: link under tmp/
+	 * and rename over it, so that the name never goes missing. */
+	for (int tries = 0; tries < 100; tries++) {
+		snprintf(tmp, sizeof(tmp), "%d.l%u", (int)getpid(), atomic_fetch_add(&seq, 1));
+		err = link_fd(fd, r->tmpfd, tmp);
+		if (err != -EEXIST)
+			break;
+	}
+	if (err)
+		return err;
+	if (renameat(r->tmpfd, tmp, dirfd, name)) {
+		err = -errno;
+		unlinkat(r->tmpfd, tmp, 0);
+	}
+	return err;
+}
+
 int bk_repo_write_atomic(struct bk_repo *r, int dirfd, const char *name, const void *data,
 			 size_t len)
 {

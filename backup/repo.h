@@ -79,6 +79,16 @@ int bk_repo_write_atomic(struct bk_repo *r, int dirfd, const char *name, const v
 /* A unique temporary file in tmp/ for writing (its name into name, 64
  * bytes); O_CLOEXEC.  Returns the fd or -errno. */
 int bk_repo_tmpfile(struct bk_repo *r, char name[64]);
+/*
+ * An unnamed file (O_TMPFILE) for writing, or -EOPNOTSUPP where the
+ * filesystem has none (then use bk_repo_tmpfile).  A crash before
+ * bk_repo_link() leaves nothing behind, and creating it touches no
+ * directory, so writers do not contend on tmp/.
+ */
+int bk_repo_anonfile(struct bk_repo *r);
+/* Give the unnamed file fd the name `name` in dirfd, replacing what is
+ * there (as a rename would).  Not durable by itself. */
+int bk_repo_link(struct bk_repo *r, int fd, int dirfd, const char *name);
 
 /*
  * Chunk files are not synced one by one (a disk flush per chunk would

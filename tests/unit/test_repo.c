@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -136,6 +137,47 @@ static void roundtrip(struct fixture *f, struct bk_repo *r)
 	uint8_t none[32] = { 1 };
 	assert_int_equal(bk_chunk_get(r, none, back, len, &got, &w, &why), -ENOENT);
 	bk_chunk_buf_free(&w);
+	free(data);
+	free(back);
+}
+
+/* A short file left under a chunk's name (torn by a power cut) is not
+ * taken for the chunk: the next put replaces it, and no temporary file
+ * is left behind. */
+static void test_torn_leftover(void **state)
+{
+	struct fixture *f = *state;
+	bool created;
+	struct bk_repo *r = create(f, NULL, &created);
+	size_t len = 64 << 10, got;
+	uint8_t *data = malloc(len), *back = malloc(len), d[32];
+	struct bk_chunk_buf w = { 0 };
+	char path[68], full[256];
+	uint64_t stored;
+
+	fill(data, len, 5);
+	assert_int_equal(bk_digest(&r->keys, data, len, d), 0);
+	bk_chunk_path(d, path);
+	snprintf(full, sizeof(full), "%s/chunks/%s", f->repo, path);
+	int fd = open(full, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "VTCK", 4), 4);
+	close(fd);
+	assert_false(bk_chunk_exists(r, d));
+	assert_int_equal(bk_chunk_put(r, d, data, len, &w, &stored), 0);
+	assert_true(stored > 0);
+	bk_chunk_buf_free(&w);
+	assert_int_equal(bk_chunk_get(r, d, back, len, &got, &w, NULL), 0);
+	assert_memory_equal(data, back, len);
+	snprintf(full, sizeof(full), "%s/tmp", f->repo);
+	DIR *dir = opendir(full);
+	assert_non_null(dir);
+	struct dirent *e;
+	while ((e = readdir(dir)))
+		assert_true(e->d_name[0] == '.');
+	closedir(dir);
+	bk_chunk_buf_free(&w);
+	bk_repo_close(r);
 	free(data);
 	free(back);
 }
@@ -386,6 +428,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_chunks, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_torn_leftover, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_encrypted, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_manifest, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
