@@ -225,9 +225,18 @@ int bk_chunk_put(struct bk_repo *r, const uint8_t digest[BK_DIGEST_LEN], const v
 	 * (a create in tmp/ and a rename), and leaves nothing after a crash.
 	 */
 	char tmp[64] = "", path[68];
-	int fd = bk_repo_anonfile(r);
-	if (fd == -EOPNOTSUPP)
-		fd = bk_repo_tmpfile(r, tmp);
+	int fd;
+	for (;;) {
+		fd = bk_repo_anonfile(r);
+		if (fd == -EOPNOTSUPP)
+			fd = bk_repo_tmpfile(r, tmp);
+		if ((fd != -EMFILE && fd != -ENFILE) || !work->wb_n)
+			break;
+		/* Out of descriptors (many workers): the files kept for
+		 * their writeback give theirs back. */
+		while (work->wb_n)
+			writeback_retire(work);
+	}
 	if (fd < 0)
 		return fd;
 	size_t total = BK_CHUNK_HEADER + plen;

@@ -23,7 +23,7 @@
 
 #define BK_CHUNK_HEADER 32
 
-#define BK_WRITEBACK_FILES 16
+#define BK_WRITEBACK_FILES 64
 #define BK_WRITEBACK_BYTES (32u << 20)
 
 struct bk_chunk_buf {

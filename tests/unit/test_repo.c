@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include <dirent.h>
+#include <sys/resource.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -180,6 +181,36 @@ static void test_torn_leftover(void **state)
 	bk_repo_close(r);
 	free(data);
 	free(back);
+}
+
+/* The files a worker keeps open for their writeback give their
+ * descriptors back when the process runs out. */
+static void test_few_descriptors(void **state)
+{
+	struct fixture *f = *state;
+	bool created;
+	struct bk_repo *r = create(f, NULL, &created);
+	size_t len = 4096;
+	uint8_t data[4096], d[32];
+	struct bk_chunk_buf w = { 0 };
+	struct rlimit old, few;
+	uint64_t stored;
+
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+	few = old;
+	few.rlim_cur = 24;
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &few), 0);
+	/* More chunks than the limit, and than the files kept under way. */
+	for (unsigned i = 0; i < BK_WRITEBACK_FILES + 16; i++) {
+		fill(data, len, i);
+		assert_int_equal(bk_digest(&r->keys, data, len, d), 0);
+		assert_int_equal(bk_chunk_put(r, d, data, len, &w, &stored), 0);
+		assert_true(stored > 0);
+		assert_true(w.wb_n < few.rlim_cur);
+	}
+	bk_chunk_buf_free(&w);
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+	bk_repo_close(r);
 }
 
 static void test_chunks(void **state)
@@ -429,6 +460,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_chunks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_torn_leftover, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_few_descriptors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_encrypted, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_manifest, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
