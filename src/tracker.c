@@ -133,14 +133,16 @@ static void *flusher_main(void *arg);
 
 /* Nothing on disk can be trusted to say what changed: say everything did,
  * under a new generation, with `detail` for the log and status. */
-static int doubt_everything(struct tracker *t, enum tracker_start why, const char *detail)
+static int doubt_everything(struct tracker *t, enum tracker_start why, const char *detail,
+			    bool written)
 {
 	snprintf(t->info.start_detail, sizeof(t->info.start_detail), "%s", detail);
 	t->info.start = why;
-	if (why == TRACKER_START_OFFLINE_CHANGE) {
+	if (written) {
 		/* Nothing copied the chunks that were overwritten: a snapshot
 		 * would read the later data as its own.  Stored with the list
-		 * below, so that no later open can miss it. */
+		 * below, so that no later open can miss it.  Only on evidence
+		 * of a write (untracked.h says why). */
 		for (uint32_t i = 0; i < t->ckpts.n; i++) {
 			struct checkpoint *c = &t->ckpts.items[i];
 			if ((c->flags & CKPT_F_SNAPSHOT) && !(c->flags & CKPT_F_INVALID)) {
@@ -295,6 +297,7 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 
 	/* 4. was the volume written by anything but a tracker since? */
 	const char *why;
+	bool seen;
 	err = 0;
 	if (t->info.start == TRACKER_START_RESET) {
 		/* the checkpoint list was lost: already reset above */
@@ -303,23 +306,24 @@ int tracker_open(struct metadir *md, const struct volume_identity *id, bool live
 				       "change map unreadable: everything is reported changed "
 				       "since every checkpoint" :
 				       "write-intent map unreadable: everything is reported "
-				       "changed since every checkpoint");
+				       "changed since every checkpoint", false);
 	} else if (t->sb.state & SB_STATE_UNTRACKED) {
 		err = doubt_everything(t, TRACKER_START_OFFLINE_CHANGE,
 				       "the volume was served without tracking (serve --no-track) "
-				       "since the last tracked run: everything is reported changed");
+				       "since the last tracked run: everything is reported changed",
+				       true);
 	} else if (!(t->sb.state & SB_STATE_CLEAN)) {
-		why = untracked_after_crash(&t->sb, &stamp, id);
+		why = untracked_after_crash(&t->sb, &stamp, id, &seen);
 		if (why) {
-			err = doubt_everything(t, TRACKER_START_OFFLINE_CHANGE, why);
+			err = doubt_everything(t, TRACKER_START_OFFLINE_CHANGE, why, seen);
 		} else {
 			t->info.start = TRACKER_START_RECOVERED;
 			snprintf(t->info.start_detail, sizeof(t->info.start_detail),
 				 "not closed cleanly: %u write-intent region(s) counted as changed",
 				 set);
 		}
-	} else if ((why = untracked_since_close(&t->sb, id))) {
-		err = doubt_everything(t, TRACKER_START_OFFLINE_CHANGE, why);
+	} else if ((why = untracked_since_close(&t->sb, id, &seen))) {
+		err = doubt_everything(t, TRACKER_START_OFFLINE_CHANGE, why, seen);
 	}
 	if (!err)
 		err = reopen_files(t, &icfg);

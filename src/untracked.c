@@ -2,8 +2,10 @@
 
 /* The identity recorded at the clean close against the volume now; NULL
  * when it matches and can be trusted to, else why not. */
-const char *untracked_since_close(const struct superblock *sb, const struct volume_identity *id)
+const char *untracked_since_close(const struct superblock *sb, const struct volume_identity *id,
+				  bool *seen)
 {
+	*seen = true;
 	if (sb->id_size != id->size)
 		return "the volume changed size while nothing tracked it: everything is "
 		       "reported changed";
@@ -13,6 +15,7 @@ const char *untracked_since_close(const struct superblock *sb, const struct volu
 		return "the volume was modified while nothing tracked it (inode or ctime "
 		       "differ): everything is reported changed";
 	struct volume_identity then = { .ctime_ns = sb->id_ctime_ns, .taken_ns = sb->id_taken_ns };
+	*seen = false;
 	if (sb->id_taken_ns && !volume_identity_decisive(&then))
 		return "the volume was closed within its filesystem's timestamp granularity of "
 		       "its last write, so a later change could leave its ctime as it was: "
@@ -29,10 +32,11 @@ const char *untracked_since_close(const struct superblock *sb, const struct volu
  * why not.  Block devices have no ctime: only their size can tell.
  */
 const char *untracked_after_crash(const struct superblock *sb, const struct intent_stamp *st,
-				  const struct volume_identity *id)
+				  const struct volume_identity *id, bool *seen)
 {
 	bool file = sb->volume_kind == SB_KIND_FILE;
 
+	*seen = true;
 	if (id->size != sb->volume_size || (st->id.size && st->id.size != id->size))
 		return "the volume changed size after the last server stopped uncleanly: "
 		       "everything is reported changed";
@@ -52,6 +56,7 @@ const char *untracked_after_crash(const struct superblock *sb, const struct inte
 			return "the volume was modified after the last server stopped uncleanly "
 			       "(its ctime differs from when it was last idle): everything is "
 			       "reported changed";
+		*seen = false;
 		if (!volume_identity_decisive(&then))
 			return "the last server stopped uncleanly within its file system's "
 			       "timestamp granularity of its last write, so a later change could "

@@ -8,6 +8,15 @@
  * not, in words fit for the log and `status`; the caller then reports
  * everything changed under a new generation.  See doc/tracking.md, "the
  * stamp".  Pure functions: they read nothing but their arguments.
+ *
+ * *seen says whether the verdict rests on evidence of a change (a size,
+ * inode or ctime that differs, a ctime past the lease, a --no-track run)
+ * rather than on what the record cannot rule out (a ctime taken within
+ * the filesystem's timestamp granularity of the last write).  Change
+ * tracking treats both alike; a snapshot is invalidated only by the
+ * first, since a timestamp that cannot tell is the ordinary case of a
+ * stop just after a write, and the volume's own server is the only
+ * writer the contract allows.
  */
 #ifndef VOLTRACK_UNTRACKED_H
 #define VOLTRACK_UNTRACKED_H
@@ -17,10 +26,11 @@
 #include "volume.h"
 
 /* After a clean close: the identity recorded then against `id`. */
-const char *untracked_since_close(const struct superblock *sb, const struct volume_identity *id);
+const char *untracked_since_close(const struct superblock *sb, const struct volume_identity *id,
+				  bool *seen);
 
 /* After an unclean stop: the newest intent stamp `st` against `id`. */
 const char *untracked_after_crash(const struct superblock *sb, const struct intent_stamp *st,
-				  const struct volume_identity *id);
+				  const struct volume_identity *id, bool *seen);
 
 #endif
