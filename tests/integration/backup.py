@@ -424,12 +424,16 @@ def nbd_targets(v):
                 "restore into a voltrack export keeps holes sparse")
     finally:
         t.cleanup()
+    with open(ref, "rb") as f:
+        kinds = {f.read(1 << 20) == bytes(1 << 20) for _ in range(SIZE >> 20)}
+    F.equal(kinds, {True, False}, "the backup restored has both zero and data chunks")
     img = os.path.join(v.srv.dir, "nbdkit.img")
     for filters, what in (((), "nbdkit"), (("nozero",), "nbdkit without zero"),
                           (("blocksize-policy", "blocksize-maximum=65536",
                             "blocksize-error-policy=error"), "nbdkit, 64 KiB requests")):
+        # Written before, so that the zero runs must be written too.
         with open(img, "wb") as f:
-            f.truncate(SIZE)
+            f.write(b"\xff" * SIZE)
         with Nbdkit(img, *filters) as k:
             p = run("restore", v.repo, bid, k.uri, check=False)
         F.check(p.returncode == 0, f"restore into {what} succeeds: {p.stderr}")
