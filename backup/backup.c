@@ -50,6 +50,8 @@ static int open_repo(const struct bk_backup_opts *o, struct bk_backup_result *re
 		    err == -EBADMSG ? "its config is damaged" : strerror(-err));
 		return err;
 	}
+	if (o->compress_level)
+		(*r)->zstd_level = o->compress_level;
 	err = bk_repo_lock(*r, true);
 	if (err) {
 		say(res, "cannot lock repository %s: %s", o->repo, strerror(-err));

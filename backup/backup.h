@@ -36,6 +36,7 @@ struct bk_backup_opts {
 	const char *repo;
 	struct bk_repo_params params;	/* used when creating the repository */
 	bool full;
+	int compress_level;		/* zstd's; 0: BK_ZSTD_LEVEL_DEFAULT */
 	unsigned jobs;			/* 0: bk_default_jobs() */
 	enum bk_progress_mode progress;
 	/* bk_backup_volume */

@@ -14,13 +14,6 @@
 
 #include "chunk.h"
 
-/*
- * Level 1, as Proxmox Backup Server uses.  On 64 MiB of shared libraries
- * here: level 1 packs 2.44x at 366 MB/s, level 3 2.69x at 229 MB/s; on
- * fio's default write buffers 1.13x either way, at 207 against 113 MB/s.
- * A backup spends its CPU on compression, so the speed wins.
- */
-#define ZSTD_LEVEL 1
 
 enum { COMP_NONE = 0, COMP_ZSTD = 1 };
 enum { ENC_NONE = 0, ENC_GCM = 1 };
@@ -184,7 +177,8 @@ int bk_chunk_put(struct bk_repo *r, const uint8_t digest[BK_DIGEST_LEN], const v
 	if (r->compress && !work->cctx && !(work->cctx = ZSTD_createCCtx()))
 		return -ENOMEM;
 	if (r->compress) {
-		size_t z = ZSTD_compressCCtx(work->cctx, payload, bound, data, len, ZSTD_LEVEL);
+		size_t z = ZSTD_compressCCtx(work->cctx, payload, bound, data, len,
+					     r->zstd_level ? r->zstd_level : BK_ZSTD_LEVEL_DEFAULT);
 		if (!ZSTD_isError(z) && z < len) {
 			hdr[5] = COMP_ZSTD;
 			plen = z;

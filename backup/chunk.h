@@ -23,6 +23,19 @@
 
 #define BK_CHUNK_HEADER 32
 
+/*
+ * zstd's level, by default 1, as Proxmox Backup Server uses.  On 64 MiB
+ * of shared libraries here: level 1 packs 2.44x at 366 MB/s, level 3
+ * 2.69x at 229 MB/s; on fio's default write buffers 1.13x either way, at
+ * 207 against 113 MB/s.  A backup spends its CPU on compression, so the
+ * speed wins.  The fast levels (negative) go further: -1 packs fio's
+ * buffers as well at 2.6 times the speed, binaries and text 10-15% less
+ * well (backup --compress-level).  Readers need not know the level.
+ */
+#define BK_ZSTD_LEVEL_DEFAULT 1
+#define BK_ZSTD_LEVEL_MIN (-7)
+#define BK_ZSTD_LEVEL_MAX 19
+
 #define BK_WRITEBACK_FILES 64
 #define BK_WRITEBACK_BYTES (32u << 20)
 

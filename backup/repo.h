@@ -39,6 +39,8 @@ struct bk_repo {
 	char id[17];
 	uint32_t chunk_size;
 	bool compress;
+	/* This writer's zstd level (not recorded: readers need none). */
+	int zstd_level;
 	struct bk_keys keys;
 	/* Set by bk_repo_lock() when a writer died with chunks not yet
 	 * synced and the machine has restarted since: chunk files written

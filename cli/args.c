@@ -58,6 +58,21 @@ int cli_parse_uint(const char *opt, const char *text, unsigned max, unsigned *ou
 	return 0;
 }
 
+int cli_parse_int(const char *opt, const char *text, int min, int max, int *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(text, &end, 10);
+	if (errno || end == text || *end || v < min || v > max) {
+		cli_fail("%s %s: expected a whole number from %d to %d", opt, text, min, max);
+		return -EINVAL;
+	}
+	*out = (int)v;
+	return 0;
+}
+
 int cli_meta_path(const char *volume, const char *meta_opt,
 		  enum sb_volume_kind kind, char **out)
 {

@@ -35,6 +35,8 @@ int cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(print
 int cli_parse_size(const char *opt, const char *text, uint64_t *out);
 /* Parse a non-negative integer option; prints the error itself. */
 int cli_parse_uint(const char *opt, const char *text, unsigned max, unsigned *out);
+/* The same for a signed number in [min, max]. */
+int cli_parse_int(const char *opt, const char *text, int min, int max, int *out);
 
 /*
  * The metadata directory for VOLUME: --meta when given, else

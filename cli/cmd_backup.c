@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "backup.h"
+#include "chunk.h"
 #include "cli.h"
 #include "cmd_backup.h"
 #include "restore.h"
@@ -110,6 +111,15 @@ int bk_cli_options(struct bk_cli *c, const char *cmd, int argc, char **argv, uns
 			c->full = true;
 		} else if (!strcmp(a, "--no-compress") && (allow & BK_OPT_BACKUP)) {
 			c->no_compress = true;
+		} else if (!strcmp(a, "--compress-level") && (allow & BK_OPT_BACKUP)) {
+			if (++i == argc || cli_parse_int(a, argv[i], BK_ZSTD_LEVEL_MIN,
+							 BK_ZSTD_LEVEL_MAX, &c->compress_level))
+				return EXIT_USAGE;
+			if (!c->compress_level)
+				return cli_usage(cmd, "--compress-level 0: zstd's levels are %d to -1 "
+						 "(fast) and 1 to %d", BK_ZSTD_LEVEL_MIN,
+						 BK_ZSTD_LEVEL_MAX);
+			c->compress_level_set = true;
 		} else if (!strcmp(a, "--verify") && (allow & BK_OPT_VERIFY)) {
 			c->verify = true;
 		} else if (a[0] == '-' && a[1]) {
@@ -154,6 +164,7 @@ int cmd_backup(int argc, char **argv)
 		.params = { .chunk_size = c.chunk_size, .no_compress = c.no_compress,
 			    .key_file = c.key },
 		.full = c.full, .jobs = c.jobs, .progress = c.progress,
+		.compress_level = c.compress_level_set ? c.compress_level : BK_ZSTD_LEVEL_DEFAULT,
 		.meta = c.meta, .nbd_socket = c.socket,
 	};
 	struct bk_backup_result res;

@@ -26,6 +26,8 @@ struct bk_cli {
 	unsigned jobs;
 	uint32_t chunk_size;
 	bool json, quiet, full, no_compress, verify, dry_run;
+	bool compress_level_set;
+	int compress_level;
 	unsigned keep_last, keep_daily, keep_weekly, keep_monthly;
 	enum bk_progress_mode progress;
 };

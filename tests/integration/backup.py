@@ -424,12 +424,16 @@ def nbd_targets(v):
                 "restore into a voltrack export keeps holes sparse")
     finally:
         t.cleanup()
+    with open(ref, "rb") as f:
+        kinds = {f.read(1 << 20) == bytes(1 << 20) for _ in range(SIZE >> 20)}
+    F.equal(kinds, {True, False}, "the backup restored has both zero and data chunks")
     img = os.path.join(v.srv.dir, "nbdkit.img")
     for filters, what in (((), "nbdkit"), (("nozero",), "nbdkit without zero"),
                           (("blocksize-policy", "blocksize-maximum=65536",
                             "blocksize-error-policy=error"), "nbdkit, 64 KiB requests")):
+        # Written before, so that the zero runs must be written too.
         with open(img, "wb") as f:
-            f.truncate(SIZE)
+            f.write(b"\xff" * SIZE)
         with Nbdkit(img, *filters) as k:
             p = run("restore", v.repo, bid, k.uri, check=False)
         F.check(p.returncode == 0, f"restore into {what} succeeds: {p.stderr}")
@@ -501,6 +505,7 @@ def qsd(tmp):
         F.check(p.returncode == 1 and "chunk 6 at offset 6291456 differs" in p.stdout,
                 f"qsd: verify --against names the changed chunk: {p.stdout}")
         encrypted(tmp, uri)
+        compress_levels(tmp, uri)
     finally:
         proc.kill()
         proc.wait()
@@ -529,6 +534,40 @@ def encrypted(tmp, uri):
     run("restore", repo, "latest", out, "--key", key, "--verify")
     F.equal(subprocess.run(["cmp", out, ref]).returncode, 0, "encrypted restore is exact")
     F.equal(run("verify", repo, "--key", key, check=False).returncode, 0, "verify with the key")
+
+
+def compress_levels(tmp, uri):
+    """--compress-level reaches zstd (the fastest level stores more than
+    the strongest of the same data), and any level restores exactly."""
+    print("== zstd levels", flush=True)
+    rnd = random.Random(7)
+    words = [bytes(rnd.choice(b"abcdefghij") for _ in range(rnd.randint(2, 9)))
+             for _ in range(4000)]
+    data = b" ".join(rnd.choice(words) for _ in range(400000))[:2 << 20]
+    import nbd
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    h.pwrite(data, 16 << 20)
+    h.shutdown()
+    ref = os.path.join(tmp, "z-ref.img")
+    subprocess.run(["nbdcopy", uri, ref], check=True, env=ENV)
+    stored = {}
+    for level in ("-7", "19"):
+        repo = os.path.join(tmp, f"zrepo{level}")
+        out = json.loads(run("backup", "--from", uri, repo, "--chunk-size", "1M",
+                             "--compress-level", level, "--json").stdout)
+        stored[level] = out["bytes_stored"]
+        target = os.path.join(tmp, "z.img")
+        run("restore", repo, "latest", target, "--verify")
+        F.equal(subprocess.run(["cmp", target, ref]).returncode, 0,
+                f"a backup at level {level} restores exactly")
+        os.unlink(target)
+    F.check(stored["-7"] > stored["19"] * 1.2,
+            f"the level reaches zstd: stored {stored}")
+    p = run("backup", "--from", uri, os.path.join(tmp, "zrepo0"), "--compress-level", "0",
+            check=False)
+    F.check(p.returncode == 2 and "--compress-level 0" in p.stderr,
+            f"level 0 is refused with a reason: {p.stderr!r}")
 
 
 def main():
