@@ -226,17 +226,34 @@ static int read_run(struct nbd_handle *h, struct slot *s, uint64_t a, uint64_t b
 	return 0;
 }
 
+struct run {
+	uint64_t a, b;
+};
+
 struct runs {
-	struct { uint64_t a, b; } v[SLOT_COOKIES / 2];
+	struct run v[SLOT_COOKIES / 2];
 	size_t n;
 	bool overflow;
 	/* What base:allocation promises to be zero, to be zeroed in buf
 	 * (it may hold the parent's contents) unless nothing is read and
 	 * nothing patched: then the chunk is a hole and buf unused. */
-	struct { uint64_t a, b; } z[SLOT_COOKIES];
+	struct run z[SLOT_COOKIES];
 	size_t nz;
 	bool z_overflow;
 };
+
+/* Append [x, y) to the cap runs at v, merging with the last one when
+ * they touch; *overflow when there is no room. */
+static void push_run(struct run *v, size_t *n, size_t cap, bool *overflow, uint64_t x,
+		     uint64_t y)
+{
+	if (*n && v[*n - 1].b == x)
+		v[*n - 1].b = y;
+	else if (*n == cap)
+		*overflow = true;
+	else
+		v[(*n)++] = (struct run){ x, y };
+}
 
 /* Add the parts of [a, b) that base:allocation does not promise to be
  * zero to the runs, and those it does to the zero runs. */
@@ -249,21 +266,10 @@ static void data_runs(const struct extents *alloc, size_t *cursor, uint64_t a, u
 		uint64_t x = alloc->v[i].off > a ? alloc->v[i].off : a;
 		uint64_t y = alloc->v[i].off + alloc->v[i].len < b ? alloc->v[i].off + alloc->v[i].len :
 								      b;
-		if (alloc->v[i].flags & LIBNBD_STATE_ZERO) {
-			if (r->nz && r->z[r->nz - 1].b == x)
-				r->z[r->nz - 1].b = y;
-			else if (r->nz == sizeof(r->z) / sizeof(r->z[0]))
-				r->z_overflow = true;
-			else
-				r->z[r->nz].a = x, r->z[r->nz++].b = y;
-			continue;
-		}
-		if (r->n && r->v[r->n - 1].b == x)
-			r->v[r->n - 1].b = y;
-		else if (r->n == sizeof(r->v) / sizeof(r->v[0]))
-			r->overflow = true;
+		if (alloc->v[i].flags & LIBNBD_STATE_ZERO)
+			push_run(r->z, &r->nz, sizeof(r->z) / sizeof(r->z[0]), &r->z_overflow, x, y);
 		else
-			r->v[r->n].a = x, r->v[r->n++].b = y;
+			push_run(r->v, &r->n, sizeof(r->v) / sizeof(r->v[0]), &r->overflow, x, y);
 	}
 }
 
