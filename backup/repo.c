@@ -67,12 +67,18 @@ int bk_read_file(int dirfd, const char *name, char **data, size_t *len)
 	return 0;
 }
 
-int bk_repo_tmpfile(struct bk_repo *r, char name[64])
+/* A name in tmp/ that no other writer of this process uses. */
+static void tmp_name(char name[64])
 {
 	static atomic_uint seq;
 
+	snprintf(name, 64, "%d.%u", (int)getpid(), atomic_fetch_add(&seq, 1));
+}
+
+int bk_repo_tmpfile(struct bk_repo *r, char name[64])
+{
 	for (int tries = 0; tries < 100; tries++) {
-		snprintf(name, 64, "%d.%u", (int)getpid(), atomic_fetch_add(&seq, 1));
+		tmp_name(name);
 		int fd = openat(r->tmpfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 		if (fd >= 0 || errno != EEXIST)
 			return fd >= 0 ? fd : -errno;
@@ -107,7 +113,6 @@ static int link_fd(int fd, int dirfd, const char *name)
 
 int bk_repo_link(struct bk_repo *r, int fd, int dirfd, const char *name)
 {
-	static atomic_uint seq;
 	char tmp[64];
 	int err = link_fd(fd, dirfd, name);
 
@@ -116,7 +121,7 @@ int bk_repo_link(struct bk_repo *r, int fd, int dirfd, const char *name)
 	/* Something (a torn leftover, say) has the name: link under tmp/
 	 * and rename over it, so that the name never goes missing. */
 	for (int tries = 0; tries < 100; tries++) {
-		snprintf(tmp, sizeof(tmp), "%d.l%u", (int)getpid(), atomic_fetch_add(&seq, 1));
+		tmp_name(tmp);
 		err = link_fd(fd, r->tmpfd, tmp);
 		if (err != -EEXIST)
 			break;

@@ -188,11 +188,12 @@ static void se_allocation(void *impl, uint64_t off, uint64_t len, bool *hole, ui
 	 * changed the chunk's allocation after its copy is caught below. */
 	volume_allocation(se->s->vol, off, len, hole, run);
 	int from = vt_snapset_lookup(set, se->seq, chunk, &slot, NULL);
-	if (from != VT_SNAP_FROM_VOLUME || !usable_quiet(se)) {
+	bool usable_now = usable_quiet(se);
+	if (from != VT_SNAP_FROM_VOLUME || !usable_now) {
 		/* Copied or being copied: its old content is data, unless it
 		 * was copied as zeroes.  (And for a snapshot that cannot be
 		 * read, "data" is the safe answer.) */
-		*hole = from == VT_SNAP_FROM_ZEROES && usable_quiet(se);
+		*hole = from == VT_SNAP_FROM_ZEROES && usable_now;
 		*run = len;
 	}
 }
